@@ -1,0 +1,104 @@
+"""The two architectures of the seed paper, and a wider residual variant for characters.
+
+Each builder returns a Keras model with two outputs: ``probabilities`` (softmax, float32)
+and ``embedding`` (the penultimate layer, used on the edge for similarity matching).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+from keras import layers
+
+EMBEDDING_DIM = 128
+
+
+def _conv_bn(x, filters: int, name: str):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _head(x, num_classes: int, dropout: float, name: str) -> keras.Model:
+    x = layers.Dense(EMBEDDING_DIM, use_bias=False, name="embed_dense")(x)
+    x = layers.BatchNormalization(name="embed_bn")(x)
+    emb = layers.ReLU(name="embedding")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(emb)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    probs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    emb_out = layers.Activation("linear", dtype="float32", name="embedding_out")(emb)
+    return probs, emb_out
+
+
+def paper_cnn(num_classes: int = 10) -> keras.Model:
+    """The paper's digit CNN: five conv layers (32-128 filters), max-pooling, BN, dropout, dense head."""
+    inp = keras.Input((28, 28, 1), name="image")
+    x = _conv_bn(inp, 32, "c1")  # 28x28
+    x = layers.MaxPooling2D(name="pool1")(x)  # 14x14
+    x = _conv_bn(x, 64, "c2")
+    x = _conv_bn(x, 64, "c3")
+    x = layers.MaxPooling2D(name="pool2")(x)  # 7x7
+    x = layers.Dropout(0.1, name="drop2")(x)
+    x = _conv_bn(x, 128, "c4")
+    x = _conv_bn(x, 128, "c5")
+    x = layers.MaxPooling2D(name="pool3")(x)  # 3x3
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(0.25, name="drop3")(x)
+    probs, emb = _head(x, num_classes, 0.3, "head")
+    return keras.Model(inp, [probs, emb], name="paper_cnn")
+
+
+def _res_block(x, f1: int, f2: int, name: str):
+    """Two 3x3 convs with a shortcut (1x1 projection when the width changes)."""
+    shortcut = x
+    y = _conv_bn(x, f1, f"{name}a")
+    y = layers.Conv2D(f2, 3, padding="same", use_bias=False, name=f"{name}b_conv")(y)
+    y = layers.BatchNormalization(name=f"{name}b_bn")(y)
+    if shortcut.shape[-1] != f2:
+        shortcut = layers.Conv2D(f2, 1, use_bias=False, name=f"{name}_proj")(shortcut)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def paper_resnet(num_classes: int = 37, width: int = 1) -> keras.Model:
+    """The paper's residual CNN: seven 3x3 conv layers up to 512 filters, residual connections."""
+    w = width
+    inp = keras.Input((28, 28, 1), name="image")
+    # A strided stem: the full-resolution layers cost most of the time on a small CPU.
+    x = layers.Conv2D(32 * w, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inp)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)  # 14x14
+    x = _res_block(x, 64 * w, 64 * w, "r1")
+    x = layers.MaxPooling2D(name="pool1")(x)  # 7x7
+    x = _res_block(x, 128 * w, 128 * w, "r2")
+    x = layers.MaxPooling2D(padding="same", name="pool2")(x)  # 4x4
+    x = layers.MaxPooling2D(name="pool3")(x)  # 2x2
+    x = _res_block(x, 256 * w, 512, "r3")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.3, name="drop")(x)
+    probs, emb = _head(x, num_classes, 0.3, "head")
+    return keras.Model(inp, [probs, emb], name="paper_resnet")
+
+
+def wide_resnet(num_classes: int = 37) -> keras.Model:
+    """The residual CNN with doubled widths below the 512-filter block."""
+    model = paper_resnet(num_classes, width=2)
+    model.name = "wide_resnet"
+    return model
+
+
+ARCHITECTURES: dict[str, Callable[[int], keras.Model]] = {
+    "paper-cnn": paper_cnn,
+    "paper-resnet": paper_resnet,
+    "wide-resnet": wide_resnet,
+}
+
+
+def build(arch: str, num_classes: int) -> keras.Model:
+    """Build an architecture by name; unknown names fail with the list of known ones."""
+    try:
+        return ARCHITECTURES[arch](num_classes)
+    except KeyError:
+        raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}") from None

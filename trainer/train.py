@@ -1,0 +1,140 @@
+"""Training loop: tf.data with augmentation, cosine schedule, a checkpoint every epoch, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hwrcore.labels import CHARACTERS, DIGITS
+
+from .config import TrainConfig
+from .datasets import characters_data, digits_data
+
+log = logging.getLogger(__name__)
+
+
+def label_set(task: str):
+    return DIGITS if task == "digits" else CHARACTERS
+
+
+def setup_tf(cfg: TrainConfig):
+    """Import and configure TensorFlow/Keras for this run (threads, precision, seed)."""
+    import tensorflow as tf
+
+    if cfg.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, cfg.threads))
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.mixed_precision else "float32")
+    return tf, keras
+
+
+def make_dataset(tf, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, train: bool):
+    from .augment import augment_batch
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if train:
+        ds = ds.shuffle(min(len(x), 100_000), seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(cfg.batch_size, drop_remainder=train)
+
+    def prep(xb, yb):
+        xb = tf.cast(xb, tf.float32)[..., None] / 255.0
+        if train:
+            xb = augment_batch(xb, cfg.augment)
+        return xb, yb
+
+    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
+    if train and cfg.max_steps:
+        ds = ds.take(cfg.max_steps)
+    return ds.prefetch(2)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (resuming from the last epoch checkpoint if there is one); return the model path."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
+    log.info("effective config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
+    tf, keras = setup_tf(cfg)
+    from .models import build
+
+    data = (digits_data if cfg.task == "digits" else characters_data)(cfg, out.parent / "cache")
+    x, y = data["train"].x, data["train"].y
+    if cfg.limit:
+        x, y = x[: cfg.limit], y[: cfg.limit]
+    labels = label_set(cfg.task)
+    log.info("training on %d images, validating on %d", len(x), len(data["val"].x))
+    steps = max(1, len(x) // cfg.batch_size)
+    if cfg.max_steps:
+        steps = min(steps, cfg.max_steps)
+    model = build(cfg.arch, len(labels))
+    total = steps * cfg.epochs
+    warm = int(steps * cfg.warmup_epochs) if cfg.epochs > 1 else 0
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.lr / 10 if warm else cfg.lr,
+        decay_steps=max(1, total - warm),
+        alpha=0.01,
+        warmup_target=cfg.lr if warm else None,
+        warmup_steps=warm,
+    )
+    opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    # Train through the probabilities output; the embedding output shares every layer.
+    fit_model = keras.Model(model.input, model.outputs[0], name=f"{model.name}_train")
+    fit_model.compile(
+        optimizer=opt,
+        loss=_smoothed_sparse_ce(keras, len(labels), cfg.label_smoothing),
+        metrics=["sparse_categorical_accuracy"],
+    )
+    train_ds = make_dataset(tf, x, y, cfg, train=True)
+    val_sets = {k: v for k, v in data.items() if k.startswith("val")}
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(out / "backup"), save_freq="epoch", delete_checkpoint=False),
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+        _ValidationReport(tf, val_sets, cfg, out / "validation.jsonl"),
+    ]
+    t0 = time.time()
+    fit_model.fit(train_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+    log.info("training took %.0f s", time.time() - t0)
+    path = out / "model.keras"
+    model.save(path)
+    (out / "labels.json").write_text(json.dumps(list(labels.labels)) + "\n")
+    return path
+
+
+def _smoothed_sparse_ce(keras, num_classes: int, smoothing: float):
+    """Sparse labels with label smoothing (Keras' sparse loss has no smoothing of its own)."""
+    ce = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+
+    def loss(y_true, y_pred):
+        import tensorflow as tf
+
+        onehot = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), num_classes)
+        return ce(onehot, y_pred)
+
+    return loss
+
+
+class _ValidationReport:
+    """Keras callback: accuracy on each validation slice after every epoch, to log and JSONL."""
+
+    def __new__(cls, tf, val_sets, cfg, path):
+        import keras
+
+        class Report(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                row = {"epoch": epoch + 1, "loss": float((logs or {}).get("loss", float("nan")))}
+                for name, split in val_sets.items():
+                    xv = split.x.astype(np.float32)[..., None] / 255.0
+                    probs = self.model.predict(xv, batch_size=512, verbose=0)
+                    row[name] = float(np.mean(np.argmax(probs, axis=1) == split.y))
+                log.info("epoch %d validation: %s", epoch + 1, row)
+                with open(path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+        return Report()
