@@ -1,0 +1,1 @@
+"""The classroom device's process: canvas, live prediction, corrections, personalisation."""
