@@ -1,0 +1,67 @@
+# Entry points of the project: run the edge app, test everything, lint, rebuild the models, benchmark.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= ../shared/data
+MODELS_DIR ?= models_export
+ARGS ?=
+
+.PHONY: run test lint format models models-digits models-characters evaluate bench venv install-edge install-all browser clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+venv: $(BIN)/python
+
+install-edge: venv
+	$(BIN)/pip install -q -e '.[edge]'
+
+install-all: venv
+	$(BIN)/pip install -q -e '.[all]'
+
+## The main job: the classroom app with the shipped models, offline, on http://127.0.0.1:8000
+run: install-edge
+	$(BIN)/hwr-edge --models-dir $(MODELS_DIR) $(ARGS)
+
+## Every test (installs what it needs: the venv with all extras, and Debian's chromium)
+test: install-all browser
+	$(BIN)/pytest -q -p no:cacheprovider
+
+browser:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "browser tests need Debian's chromium: sudo apt-get install chromium"; fi; }
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## Rebuild both shipped models from the data (hours on a 2-core CPU; resumes after an interruption)
+models: models-digits models-characters
+
+models-digits: install-all
+	$(BIN)/hwr-train train digits --data-dir $(DATA_DIR) --epochs 10
+	$(BIN)/hwr-train export digits --model build/digits/model.keras --data-dir $(DATA_DIR) --out $(MODELS_DIR)
+	$(BIN)/hwr-train evaluate digits --manifest $(MODELS_DIR)/digits.json --data-dir $(DATA_DIR)
+
+models-characters: install-all
+	$(BIN)/hwr-train train characters --data-dir $(DATA_DIR) --epochs 8
+	$(BIN)/hwr-train export characters --model build/characters/model.keras --data-dir $(DATA_DIR) --out $(MODELS_DIR)
+	$(BIN)/hwr-train evaluate characters --manifest $(MODELS_DIR)/characters.json --data-dir $(DATA_DIR)
+
+evaluate: install-all
+	$(BIN)/hwr-train evaluate digits --manifest $(MODELS_DIR)/digits.json --data-dir $(DATA_DIR)
+	$(BIN)/hwr-train evaluate characters --manifest $(MODELS_DIR)/characters.json --data-dir $(DATA_DIR)
+
+## Latency, memory and personalisation figures for the README
+bench: install-all
+	$(BIN)/python bench/latency.py --models-dir $(MODELS_DIR) --out build/bench-latency.json
+	$(BIN)/python bench/personalise.py --models-dir $(MODELS_DIR) --data-dir $(DATA_DIR) --out build/bench-personalise.md
+
+clean:
+	rm -rf build/dev-models .pytest_cache .ruff_cache
