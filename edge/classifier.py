@@ -37,7 +37,9 @@ class Classifier:
     def __init__(self, manifest_path: str | Path, options: ClassifierOptions | None = None):
         self.options = options or ClassifierOptions()
         self.manifest_path = Path(manifest_path)
-        self.manifest: Manifest = load_manifest(self.manifest_path, verify=self.options.verify_sha256)
+        self.manifest: Manifest = load_manifest(
+            self.manifest_path, verify=self.options.verify_sha256
+        )
         interpreter_cls, self.runtime = load_interpreter_class()
         self._interp = interpreter_cls(
             model_path=str(self.manifest.model_path(self.manifest_path)),

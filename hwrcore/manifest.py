@@ -67,7 +67,7 @@ class Manifest:
         return Path(manifest_path).parent / self.file
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "manifest") -> "Manifest":
+    def from_dict(cls, data: Any, where: str = "manifest") -> Manifest:
         if not isinstance(data, dict):
             raise ManifestError(f"{where}: expected a JSON object")
         try:
@@ -83,7 +83,9 @@ class Manifest:
     def check(self, where: str = "manifest") -> None:
         """Internal consistency: labels vs output size, known style, both outputs present."""
         if self.schema != SCHEMA_VERSION:
-            raise ManifestError(f"{where}: schema {self.schema} is not supported (want {SCHEMA_VERSION})")
+            raise ManifestError(
+                f"{where}: schema {self.schema} is not supported (want {SCHEMA_VERSION})"
+            )
         if self.style not in STYLES:
             raise ManifestError(f"{where}: unknown preprocessing style {self.style!r}")
         for key in ("probabilities", "embedding"):
@@ -122,5 +124,7 @@ def load_manifest(path: str | os.PathLike, verify: bool = True) -> Manifest:
             raise ManifestError(f"model file named by {p} is missing: {model}")
         got = sha256_file(model)
         if got != m.sha256:
-            raise ManifestError(f"model file {model} fails its sha256: expected {m.sha256}, got {got}")
+            raise ManifestError(
+                f"model file {model} fails its sha256: expected {m.sha256}, got {got}"
+            )
     return m

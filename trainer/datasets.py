@@ -66,7 +66,9 @@ def render_pendigits(
         xs.append(strokes_to_input(s.strokes, base))
         ys.append(s.label)
         for _ in range(variants):
-            pen = Style(base.name, base.box, base.centre, base.width * rng.uniform(0.6, 1.6), base.blur)
+            pen = Style(
+                base.name, base.box, base.centre, base.width * rng.uniform(0.6, 1.6), base.blur
+            )
             xs.append(strokes_to_input(jitter_strokes(s.strokes, rng), pen))
             ys.append(s.label)
     return Split(_to_u8(xs), np.asarray(ys, dtype=np.int64))
@@ -103,12 +105,20 @@ def digits_data(cfg, cache: Path) -> dict[str, Split]:
     pen_tr = [s for s in pen if s.writer in train_w]
     pen_va = [s for s in pen if s.writer in val_w]
     if cfg.pendigits_variants >= 0 and pen_tr:
-        key = {"what": "pendigits", "writers": sorted(train_w), "v": cfg.pendigits_variants, "seed": cfg.seed}
-        parts.append(_cached(cache, key, lambda: render_pendigits(pen_tr, cfg.pendigits_variants, cfg.seed)))
+        key = {
+            "what": "pendigits",
+            "writers": sorted(train_w),
+            "v": cfg.pendigits_variants,
+            "seed": cfg.seed,
+        }
+        parts.append(
+            _cached(cache, key, lambda: render_pendigits(pen_tr, cfg.pendigits_variants, cfg.seed))
+        )
     if pen_va:
         key = {"what": "pendigits-val", "writers": sorted(val_w)}
         out["val_pendigits"] = _cached(cache, key, lambda: render_pendigits(pen_va, 0, 0))
     if "emnist-digits" in cfg.extra.split(","):
+
         def build() -> Split:
             ex, ey = load_emnist(root, "train", "digits")
             imgs = [image_to_input(im / 255.0, "mnist") for im in ex]

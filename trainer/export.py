@@ -100,7 +100,7 @@ def export(
         outputs[key] = _spec(d)
     manifest = Manifest(
         name=name,
-        version=version or dt.datetime.now(dt.timezone.utc).strftime("%Y.%m.%d.%H%M"),
+        version=version or dt.datetime.now(dt.UTC).strftime("%Y.%m.%d.%H%M"),
         mode=info["mode"],
         labels=list(info["labels"].labels),
         style=info["style"],
@@ -111,16 +111,23 @@ def export(
         architecture=model.name,
         training=training or {},
         parent_version=parent_version,
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
     manifest.check(str(tfl))
     path = out / f"{name}.json"
     manifest.save(path)
-    log.info("exported %s (%d bytes): %s", tfl, len(blob), json.dumps(manifest.outputs["probabilities"].__dict__))
+    log.info(
+        "exported %s (%d bytes): %s",
+        tfl,
+        len(blob),
+        json.dumps(manifest.outputs["probabilities"].__dict__),
+    )
     return path
 
 
-def agreement(model_path: str | os.PathLike, manifest_path: str | os.PathLike, images: np.ndarray) -> float:
+def agreement(
+    model_path: str | os.PathLike, manifest_path: str | os.PathLike, images: np.ndarray
+) -> float:
     """Share of images on which the int8 model and the Keras model pick the same class."""
     import keras
 

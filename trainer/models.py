@@ -6,7 +6,7 @@ and ``embedding`` (the penultimate layer, used on the edge for similarity matchi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 from keras import layers

@@ -94,9 +94,12 @@ def train(cfg: TrainConfig) -> Path:
     train_ds = make_dataset(tf, x, y, cfg, train=True)
     val_sets = {k: v for k, v in data.items() if k.startswith("val")}
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / "backup"), save_freq="epoch", delete_checkpoint=False),
+        keras.callbacks.BackupAndRestore(
+            str(out / "backup"), save_freq="epoch", delete_checkpoint=False
+        ),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
         _ValidationReport(tf, val_sets, cfg, out / "validation.jsonl"),
+        _progress(keras, steps, cfg.epochs),
     ]
     t0 = time.time()
     fit_model.fit(train_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
@@ -138,3 +141,30 @@ class _ValidationReport:
                     f.write(json.dumps(row) + "\n")
 
         return Report()
+
+
+def _progress(keras, steps: int, epochs: int, every: int = 100):
+    """Keras callback: a log line every ``every`` steps with loss, speed and time left."""
+
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch, self.t0 = epoch, time.time()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if (batch + 1) % every:
+                return
+            rate = (batch + 1) / max(1e-9, time.time() - self.t0)
+            left = (steps - batch - 1 + (epochs - self.epoch - 1) * steps) / rate
+            log.info(
+                "epoch %d/%d step %d/%d loss %.4f acc %.4f (%.2f steps/s, about %.0f min left)",
+                self.epoch + 1,
+                epochs,
+                batch + 1,
+                steps,
+                (logs or {}).get("loss", float("nan")),
+                (logs or {}).get("sparse_categorical_accuracy", float("nan")),
+                rate,
+                left / 60,
+            )
+
+    return Progress()
