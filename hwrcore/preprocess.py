@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
-
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from itertools import chain
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from .errors import InvalidDrawing
 
@@ -63,7 +64,9 @@ def get_style(style: str | Style) -> Style:
     try:
         return STYLES[style]
     except KeyError:
-        raise ValueError(f"unknown preprocessing style {style!r}; known: {sorted(STYLES)}") from None
+        raise ValueError(
+            f"unknown preprocessing style {style!r}; known: {sorted(STYLES)}"
+        ) from None
 
 
 def validate_strokes(strokes: object) -> list[np.ndarray]:
@@ -72,6 +75,71 @@ def validate_strokes(strokes: object) -> list[np.ndarray]:
     Raises InvalidDrawing with a message a person can act on for anything that is not a
     bounded list of strokes of finite [x, y] points.
     """
+    return _checked(strokes)[0]
+
+
+_Checked = tuple[list[np.ndarray], np.ndarray, tuple[float, float], tuple[float, float]]
+
+
+def _checked(strokes: object) -> _Checked:
+    """The validated strokes, all their points in one array, and the points' (x, y) min and max."""
+    fast = _checked_fast(strokes)
+    if fast is not None:
+        return fast
+    arrays = _validate_each(strokes)
+    pts = np.concatenate(arrays)
+    x0, y0 = pts.min(axis=0).tolist()
+    x1, y1 = pts.max(axis=0).tolist()
+    return arrays, pts, (x0, y0), (x1, y1)
+
+
+def _checked_fast(strokes: object) -> _Checked | None:
+    """The common case, a well-formed drawing, checked with a few C-level passes.
+
+    Returns None at the first sign of trouble, so that ``_validate_each`` finds the problem
+    and raises exactly the error it always has.
+    """
+    if type(strokes) not in _SEQUENCE_TYPES or not 0 < len(strokes) <= MAX_STROKES:  # type: ignore[arg-type]
+        return None
+    arrays: list[np.ndarray] = []
+    total = 0
+    for stroke in strokes:  # type: ignore[union-attr]
+        if type(stroke) not in _SEQUENCE_TYPES:
+            return None
+        total += len(stroke)
+        if total > MAX_POINTS:
+            return None
+        if not stroke:
+            continue
+        if not (
+            set(map(type, stroke)) <= _SEQUENCE_TYPES
+            and set(map(len, stroke)) == {2}
+            and set(map(type, chain.from_iterable(stroke))) <= _NUMBER_TYPES
+        ):
+            return None
+        try:
+            arrays.append(np.asarray(stroke, dtype=np.float64))
+        except OverflowError:
+            return None
+    if not arrays:
+        return None
+    pts = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+    x0, y0 = pts.min(axis=0).tolist()
+    x1, y1 = pts.max(axis=0).tolist()
+    # NaN fails every comparison, so it also falls through to the full check.
+    if not (-MAX_COORD <= min(x0, y0) and max(x1, y1) <= MAX_COORD):
+        return None
+    if not max(x1 - x0, y1 - y0) >= MIN_EXTENT:
+        return None
+    return arrays, pts, (x0, y0), (x1, y1)
+
+
+_SEQUENCE_TYPES = frozenset((list, tuple))
+_NUMBER_TYPES = frozenset((int, float))
+
+
+def _validate_each(strokes: object) -> list[np.ndarray]:
+    """Check a drawing point by point, raising InvalidDrawing at the first problem found."""
     if not isinstance(strokes, (list, tuple)):
         raise InvalidDrawing("strokes must be a list of strokes, each a list of [x, y] points")
     if len(strokes) == 0:
@@ -98,14 +166,20 @@ def validate_strokes(strokes: object) -> list[np.ndarray]:
                 or len(p) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
             ):
-                raise InvalidDrawing(f"stroke {i} has a point that is not [x, y] numbers: {p!r:.40}")
-        arr = np.asarray(stroke, dtype=np.float64)
+                raise InvalidDrawing(
+                    f"stroke {i} has a point that is not [x, y] numbers: {p!r:.40}"
+                )
+        out_of_range = InvalidDrawing(
+            f"stroke {i} has a coordinate beyond +-{MAX_COORD:g} pixels", code="out_of_range"
+        )
+        try:
+            arr = np.asarray(stroke, dtype=np.float64)
+        except OverflowError:  # an integer too large for any float
+            raise out_of_range from None
         if not np.all(np.isfinite(arr)):
             raise InvalidDrawing(f"stroke {i} has a coordinate that is not a finite number")
         if np.any(np.abs(arr) > MAX_COORD):
-            raise InvalidDrawing(
-                f"stroke {i} has a coordinate beyond +-{MAX_COORD:g} pixels", code="out_of_range"
-            )
+            raise out_of_range
         out.append(arr)
     if not out:
         raise InvalidDrawing("the drawing is empty: draw something first", code="empty_drawing")
@@ -121,30 +195,58 @@ def validate_strokes(strokes: object) -> list[np.ndarray]:
 def strokes_to_input(strokes: object, style: str | Style = "mnist") -> np.ndarray:
     """Render strokes (canvas pixels, y down) to a (28, 28) float32 model input."""
     st = get_style(style)
-    arrays = validate_strokes(strokes)
-    pts = np.concatenate(arrays)
-    lo = pts.min(axis=0)
-    extent = pts.max(axis=0) - lo
-    longest = float(extent.max())
+    arrays, pts, (x0, y0), (x1, y1) = _checked(strokes)
+    longest = max(x1 - x0, y1 - y0)
     k = SUPERSAMPLE
     # Map the drawing's longer side onto the style's box, leaving room for the pen's width.
     width = st.width * longest
     scale = (st.box * k) / (longest + width)
     pen = max(1.0, width * scale)
     hi = SIZE * k
-    centre = (lo + extent / 2.0) * scale
-    offset = np.array([hi / 2.0, hi / 2.0]) - centre
+    # Centre the drawing's bounding box in the supersampled field.
+    xy = pts * scale
+    xy += (hi / 2.0 - (x0 + x1) / 2.0 * scale, hi / 2.0 - (y0 + y1) / 2.0 * scale)
     img = Image.new("L", (hi, hi), 0)
-    draw = ImageDraw.Draw(img)
-    r = pen / 2.0
-    for arr in arrays:
-        xy = arr * scale + offset
-        flat = [(float(x), float(y)) for x, y in xy]
-        if len(flat) > 1:
-            draw.line(flat, fill=255, width=max(1, int(round(pen))), joint="curve")
-        for x, y in (flat[0], flat[-1]) if len(flat) > 1 else flat:
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
-    return _finish(np.asarray(img, dtype=np.float32) / 255.0, st)
+    _draw_strokes(ImageDraw.Draw(img), xy, [len(a) for a in arrays], pen, 255)
+    return _finish(img, st)
+
+
+# A joint where a stroke turns by less than this angle (tangent 0.14: 8 degrees) leaves a
+# gap of a sliver of a pixel, too small to matter; sharper joints get a round joint.
+_JOINT_TAN = 0.14
+
+
+def _draw_strokes(
+    draw: ImageDraw.ImageDraw, xy: np.ndarray, lengths: list[int], pen: float, fill: int
+) -> None:
+    """Draw strokes (their points concatenated in ``xy``) as polylines with round ends and joints.
+
+    PIL's own round joints (``joint="curve"``) cost a Python call per point; here each polyline
+    is one C call, and a disc of PIL's joint radius (width / 2 - 1) is added only where a stroke
+    turns enough to leave a gap. Ends get a disc as wide as the pen.
+    """
+    flat = xy.ravel().tolist()
+    width = max(1, int(round(pen)))
+    joint = np.zeros(len(xy), dtype=bool)
+    if len(xy) > 2 and width > 4:
+        # The product of a step (as a complex number) and the conjugate of the step before
+        # has the turning angle as its argument. A repeated point counts as a joint.
+        z = np.ascontiguousarray(xy).view(np.complex128).ravel()
+        step = z[1:] - z[:-1]
+        turn = step[1:] * step[:-1].conj()
+        joint[1:-1] = ~(np.abs(turn.imag) < _JOINT_TAN * turn.real)
+    ends: list[int] = []
+    start = 0
+    for n in lengths:
+        if n > 1:
+            draw.line(flat[2 * start : 2 * (start + n)], fill=fill, width=width)
+        ends += (start, start + n - 1)
+        start += n
+    # Joints that span two strokes fall on stroke ends, which get the larger disc.
+    joint[ends] = False
+    for r, points in ((pen / 2.0, xy[ends]), (width / 2.0 - 1.0, xy[joint])):
+        for x, y in points.tolist():
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
 
 
 def image_to_input(gray: np.ndarray, style: str | Style = "mnist") -> np.ndarray:
@@ -176,49 +278,69 @@ def image_to_input(gray: np.ndarray, style: str | Style = "mnist") -> np.ndarray
     nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
     src = Image.fromarray(np.clip(crop * 255.0, 0, 255).astype(np.uint8), mode="L")
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-    fitted = np.asarray(src.resize((nw, nh), resample), dtype=np.float32) / 255.0
-    canvas = np.zeros((hi, hi), dtype=np.float32)
-    top, left = (hi - nh) // 2, (hi - nw) // 2
-    canvas[top : top + nh, left : left + nw] = fitted
+    canvas = Image.new("L", (hi, hi), 0)
+    canvas.paste(src.resize((nw, nh), resample), ((hi - nw) // 2, (hi - nh) // 2))
     return _finish(canvas, st)
 
 
-def _finish(hires: np.ndarray, st: Style) -> np.ndarray:
-    """Centre a supersampled, box-fitted drawing, blur if the style asks, and average it down."""
-    k = SUPERSAMPLE
-    hi = hires.shape[0]
+def _finish(img: Image.Image, st: Style) -> np.ndarray:
+    """Centre a supersampled, box-fitted drawing, blur if the style asks, and average it down.
+
+    Shift, blur and block averaging are linear, so they are applied as one (28, hi) matrix on
+    each side of the image: out = R_y @ image @ R_x.T.
+    """
+    hi = img.width
+    x = np.asarray(img, dtype=np.float32)
+    dy = dx = 0
     if st.centre == "mass":
-        total = float(hires.sum())
+        # Zeroth and first moments in one product: [[sum, sum*col], [sum*row, .]].
+        m = _moment_matrix(hi)
+        (total, mx), (my, _) = (m @ x @ m.T).tolist()
         if total <= 0:
             raise InvalidDrawing("the drawing is empty: draw something first", code="empty_drawing")
-        ys, xs = np.indices(hires.shape, dtype=np.float32)
-        cy = float((ys * hires).sum() / total)
-        cx = float((xs * hires).sum() / total)
         # Centre of mass goes to the centre of the field (between pixels 13 and 14 at 28).
-        dy = int(round((hi - 1) / 2.0 - cy))
-        dx = int(round((hi - 1) / 2.0 - cx))
-        hires = _shift(hires, dy, dx)
-    if st.blur > 0:
-        img = Image.fromarray(np.clip(hires * 255.0, 0, 255).astype(np.uint8), mode="L")
-        img = img.filter(ImageFilter.GaussianBlur(radius=st.blur * k))
-        hires = np.asarray(img, dtype=np.float32) / 255.0
-    out = hires.reshape(SIZE, k, SIZE, k).mean(axis=(1, 3))
+        dy = int(round((hi - 1) / 2.0 - my / total))
+        dx = int(round((hi - 1) / 2.0 - mx / total))
+    padded = _reduce_matrix(hi, SUPERSAMPLE, st.blur * SUPERSAMPLE)
+    ry = padded[:, hi + dy : 2 * hi + dy]
+    rx = padded[:, hi + dx : 2 * hi + dx]
+    out = ry @ x @ rx.T
     peak = float(out.max())
     if peak <= 0:
         raise InvalidDrawing("the drawing is empty: draw something first", code="empty_drawing")
     # Scanned training images use the full range: the darkest ink is 1.0.
-    return np.clip(out / peak, 0.0, 1.0).astype(np.float32)
-
-
-def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """Translate an image by whole pixels, filling with black (no wrap-around)."""
-    h, w = a.shape
-    out = np.zeros_like(a)
-    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    if abs(dy) < h and abs(dx) < w:
-        out[yd, xd] = a[ys, xs]
+    out /= peak
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _moment_matrix(hi: int) -> np.ndarray:
+    """Rows of ones and of pixel indices: m @ image @ m.T holds the image's mass and moments."""
+    m = np.stack((np.ones(hi), np.arange(hi))).astype(np.float32)
+    m.flags.writeable = False
+    return m
+
+
+@functools.lru_cache(maxsize=8)
+def _reduce_matrix(hi: int, k: int, sigma: float) -> np.ndarray:
+    """A (hi/k, 3*hi) float32 matrix: Gaussian blur (sigma in input pixels) then k-block means.
+
+    Its middle third maps an unshifted image; the ``hi`` columns from ``hi + d`` map the image
+    shifted by ``d`` pixels (down for rows, right for columns), filling with black.
+    """
+    n = hi // k
+    avg = np.zeros((n, hi), dtype=np.float64)
+    for i in range(n):
+        avg[i, i * k : (i + 1) * k] = 1.0 / k
+    if sigma > 0:
+        d = np.arange(hi)[:, None] - np.arange(hi)[None, :]
+        blur = np.exp(-0.5 * (d / sigma) ** 2)
+        blur /= blur.sum(axis=1, keepdims=True)
+        avg = avg @ blur
+    padded = np.zeros((n, 3 * hi), dtype=np.float32)
+    padded[:, hi : 2 * hi] = avg
+    padded.flags.writeable = False
+    return padded
 
 
 def decode_png(data: str | bytes) -> np.ndarray:
@@ -275,19 +397,11 @@ def strokes_to_png(
     strokes: Sequence[Sequence[Sequence[float]]], size: int = 280, width: float | None = None
 ) -> bytes:
     """Draw strokes black on white on a square canvas as the paper's page does; PNG bytes."""
-    arrays = validate_strokes(strokes)
+    arrays, pts, (x0, y0), (x1, y1) = _checked(strokes)
     img = Image.new("L", (size, size), 255)
-    draw = ImageDraw.Draw(img)
     if width is None:
-        pts = np.concatenate(arrays)
-        width = max(1.0, float((pts.max(axis=0) - pts.min(axis=0)).max()) * STYLES["mnist"].width)
-    r = width / 2.0
-    for arr in arrays:
-        flat = [(float(x), float(y)) for x, y in arr]
-        if len(flat) > 1:
-            draw.line(flat, fill=0, width=max(1, int(round(width))), joint="curve")
-        for x, y in (flat[0], flat[-1]) if len(flat) > 1 else flat:
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=0)
+        width = max(1.0, max(x1 - x0, y1 - y0) * STYLES["mnist"].width)
+    _draw_strokes(ImageDraw.Draw(img), pts, [len(a) for a in arrays], width, 0)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -311,4 +425,3 @@ __all__ = [
     "strokes_to_png",
     "validate_strokes",
 ]
-
