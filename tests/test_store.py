@@ -1,0 +1,469 @@
+"""The corrections store: every field round-trips, writes are idempotent and bounded, damaged
+journals and snapshots are recovered from, and the HDF5 snapshot reads with plain h5py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from hwrcore import store as store_module
+from hwrcore.store import (
+    KIND,
+    SCHEMA_VERSION,
+    Correction,
+    CorrectionStore,
+    InvalidCorrection,
+    StoreError,
+    read_store,
+    recover,
+    scan_journal,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = {
+    "id",
+    "label",
+    "image",
+    "strokes",
+    "predicted",
+    "confidence",
+    "model_version",
+    "created",
+    "updated",
+    "synced",
+    "embedding",
+}
+
+# Adds corrections with the given ids and dies (SIGKILL) without closing: a power cut after the
+# acknowledgements, which leaves the changes in the journal only.
+CHILD = """
+import json, os, signal, sys
+import numpy as np
+from hwrcore.store import Correction, CorrectionStore
+path, ids = sys.argv[1], json.loads(sys.argv[2])
+s = CorrectionStore(path, compact_every=100_000)
+for i, cid in enumerate(ids):
+    s.add(Correction(id=cid, label=str(i % 10), image=np.full((28, 28), (i % 100) / 100, np.float32),
+                     strokes=[[[i, 0], [0, i]]], predicted=None, confidence=None,
+                     model_version="child", created=1.0e9 + i))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def make(i: int, **kw: object) -> Correction:
+    """A correction whose every field is distinct and derived from ``i``."""
+    rng = np.random.default_rng(i)
+    fields: dict[str, object] = {
+        "id": str(uuid.uuid4()),
+        "label": str(i % 10),
+        "image": rng.random((28, 28), dtype=np.float32),
+        "strokes": [[[float(i), 2.5], [3, 4]], [[10, 11.25]]],
+        "predicted": str((i + 1) % 10),
+        "confidence": 0.25 + i / 1000,
+        "model_version": f"digits-{i % 3}",
+        "created": 1_700_000_000.5 + i,
+        "embedding": rng.standard_normal(16).astype(np.float32),
+    }
+    fields.update(kw)
+    return Correction(**fields)  # type: ignore[arg-type]
+
+
+def assert_same(got: Correction | None, want: Correction, synced: bool | None = None) -> None:
+    assert got is not None, want.id
+    assert (got.id, got.label, got.predicted, got.model_version, got.created) == (
+        want.id,
+        want.label,
+        want.predicted,
+        want.model_version,
+        want.created,
+    )
+    assert got.strokes == want.strokes
+    assert got.confidence == want.confidence
+    assert got.image.dtype == np.float32 and np.array_equal(got.image, want.image)
+    if want.embedding is None:
+        assert got.embedding is None
+    else:
+        assert got.embedding is not None and np.array_equal(got.embedding, want.embedding)
+    assert got.synced == (want.synced if synced is None else synced)
+
+
+def kill_after_adding(path: Path, n: int) -> list[str]:
+    """Ids that a child process added and acknowledged before it was killed."""
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), json.dumps(ids)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    return ids
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "custom_digits.h5"
+
+
+def test_every_field_round_trips_in_memory_after_reopen_and_in_h5py(path: Path) -> None:
+    items = [make(0), make(1, strokes=None, predicted=None, confidence=None, embedding=None)]
+    with CorrectionStore(path) as store:
+        for c in items:
+            store.add(c)
+        for c in items:
+            assert_same(store.get(c.id), c)
+        assert store.get(str(uuid.uuid4())) is None
+    with CorrectionStore(path) as store:
+        got = store.all()
+        assert [c.id for c in got] == [c.id for c in items]
+        for g, c in zip(got, items, strict=True):
+            assert_same(g, c)
+    with h5py.File(path, "r") as f:
+        assert np.array_equal(f["image"][1], items[1].image)
+        assert json.loads(f["strokes"].asstr()[0]) == items[0].strokes
+        assert f["strokes"].asstr()[1] == "null"
+        assert f["predicted"].asstr()[1] == "" and math.isnan(f["confidence"][1])
+        assert np.array_equal(f["embedding"][0], items[0].embedding)
+        assert f["embedding"][1].size == 0
+
+
+def test_stored_arrays_are_copies_and_read_only(path: Path) -> None:
+    c = make(3)
+    with CorrectionStore(path, fsync=False) as store:
+        store.add(c)
+        c.image[:] = 0.0
+        got = store.get(c.id)
+        assert got is not None and got.image.max() > 0
+        with pytest.raises(ValueError):
+            got.image[0, 0] = 1.0
+
+
+def test_adding_an_existing_id_is_a_no_op(path: Path) -> None:
+    c = make(1)
+    with CorrectionStore(path) as store:
+        store.add(c)
+        seq = store.stats()["seq"]
+        store.add(c)
+        store.add(make(2, id=c.id, label="9"))
+        assert len(store) == 1
+        assert store.get(c.id).label == c.label  # type: ignore[union-attr]
+        assert store.stats()["seq"] == seq
+    assert len(read_store(path)) == 1
+
+
+def test_pending_is_oldest_first_and_mark_synced_is_durable(path: Path) -> None:
+    items = [make(i) for i in range(6)]
+    with CorrectionStore(path) as store:
+        for c in items:
+            store.add(c)
+        assert [c.id for c in store.pending()] == [c.id for c in items]
+        assert [c.id for c in store.pending(limit=2)] == [c.id for c in items[:2]]
+        assert store.pending_count() == 6
+        assert store.mark_synced([items[0].id, items[2].id, items[2].id, "unknown"]) == 2
+        assert store.mark_synced([items[0].id]) == 0
+        assert [c.id for c in store.pending()] == [items[i].id for i in (1, 3, 4, 5)]
+        assert store.pending_count() == 4
+        assert store.get(items[0].id).synced  # type: ignore[union-attr]
+    with CorrectionStore(path) as store:
+        assert store.pending_count() == 4
+        assert [c.synced for c in store.all()] == [True, False, True, False, False, False]
+    with h5py.File(path, "r") as f:
+        assert list(f["synced"][:]) == [True, False, True, False, False, False]
+        assert f["updated"][0] >= f["updated"][1]
+
+
+def test_over_the_cap_the_oldest_synced_go_first_then_the_oldest_pending(
+    path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = [make(i) for i in range(9)]
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    with CorrectionStore(path, cap=5) as store:
+        for c in items[:5]:
+            store.add(c)
+        store.mark_synced([items[1].id, items[3].id])
+        with caplog.at_level(logging.WARNING, logger="hwrcore.store"):
+            store.add(items[5])
+            store.add(items[6])
+            store.add(items[7])
+            # 1 and 3 (synced, oldest first), then 0 (the oldest pending).
+            assert [c.id for c in store.all()] == [items[i].id for i in (2, 4, 5, 6, 7)]
+            assert store.stats()["evicted"] == {"synced": 2, "pending": 1}
+            # One warning a minute at most, with the counts since the last one.
+            assert len(warnings()) == 1 and "1 oldest synced and 0 oldest pending" in warnings()[0]
+            monkeypatch.setattr(store_module, "EVICTION_LOG_SECONDS", 0.0)
+            store.add(items[8])
+        assert "1 oldest synced and 2 oldest pending" in warnings()[-1]
+        assert not any("[[" in w or items[0].id in w for w in warnings())  # never the drawing
+        assert [c.id for c in store.all()] == [items[i].id for i in (4, 5, 6, 7, 8)]
+    with CorrectionStore(path, cap=5) as store:
+        assert [c.id for c in store.all()] == [items[i].id for i in (4, 5, 6, 7, 8)]
+    with CorrectionStore(path, cap=3) as store:  # a smaller cap applies on open
+        assert [c.id for c in store.all()] == [items[i].id for i in (6, 7, 8)]
+
+
+def test_close_leaves_a_complete_snapshot_and_an_empty_journal(path: Path) -> None:
+    items = [make(i) for i in range(4)]
+    store = CorrectionStore(path)
+    for c in items:
+        store.add(c)
+    store.close()
+    store.close()
+    with pytest.raises(StoreError):
+        store.add(make(9))
+    assert path.with_name(path.name + ".journal").stat().st_size == 0
+    with h5py.File(path, "r") as f:
+        assert list(f["id"].asstr()[:]) == [c.id for c in items]
+    with CorrectionStore(path) as store:
+        assert len(store) == 4
+        assert store.stats()["recovered"]["source"] == "snapshot"
+
+
+def test_changes_after_a_kill_are_replayed_from_the_journal(path: Path) -> None:
+    with CorrectionStore(path) as store:
+        first = make(0)
+        store.add(first)
+    ids = kill_after_adding(path, 5)
+    assert [c.id for c in read_store(path)] == [first.id, *ids]
+    with CorrectionStore(path) as store:
+        assert [c.id for c in store.all()] == [first.id, *ids]
+        assert store.get(ids[3]).label == "3"  # type: ignore[union-attr]
+        assert store.stats()["recovered"]["replayed"] == 5
+
+
+@pytest.mark.parametrize("tail", [b"\x00", b"HWJ1\xff\xff", b"garbage" * 50, "torn"])
+def test_a_torn_or_garbage_journal_tail_is_ignored(path: Path, tail: bytes | str) -> None:
+    ids = kill_after_adding(path, 4)
+    journal = path.with_name(path.name + ".journal")
+    data = journal.read_bytes()
+    if tail == "torn":  # the last record cut short, as a power cut mid-write leaves it
+        ids, data = ids[:3], data[: scan_journal(data).valid_end - 7]
+    else:
+        data += tail  # type: ignore[operator]
+    journal.write_bytes(data)
+    assert [c.id for c in read_store(path)] == ids
+    with CorrectionStore(path, compact_every=100) as store:
+        assert [c.id for c in store.all()] == ids
+        assert store.stats()["recovered"]["torn_bytes"] > 0
+        extra = make(50)
+        store.add(extra)
+    with CorrectionStore(path) as store:
+        assert [c.id for c in store.all()] == [*ids, extra.id]
+
+
+def test_a_damaged_record_mid_journal_loses_only_that_record(path: Path) -> None:
+    ids = kill_after_adding(path, 5)
+    journal = path.with_name(path.name + ".journal")
+    data = bytearray(journal.read_bytes())
+    # Flip a byte inside the third record's payload.
+    third = scan_journal(bytes(data)).records[2][1]
+    pos = data.find(third["id"].encode())
+    data[pos] ^= 0xFF
+    journal.write_bytes(bytes(data))
+    with CorrectionStore(path) as store:
+        assert [c.id for c in store.all()] == ids[:2] + ids[3:]
+        rec = store.stats()["recovered"]
+        assert rec["damaged_bytes"] > 0 and rec["missing"] == 1
+    assert scan_journal(journal.read_bytes()).skipped == 0  # rewritten clean by compaction
+
+
+def test_a_corrupt_snapshot_falls_back_to_the_backup_and_the_journals(path: Path) -> None:
+    first = [make(i) for i in range(5)]
+    second = [make(i) for i in range(5, 8)]
+    with CorrectionStore(path) as store:
+        for c in first:
+            store.add(c)
+    with CorrectionStore(path) as store:
+        for c in second:
+            store.add(c)
+    assert path.with_name(path.name + ".bak").exists()
+    with open(path, "r+b") as f:
+        f.write(b"\x00" * 4096)
+    with CorrectionStore(path) as store:
+        assert [c.id for c in store.all()] == [c.id for c in first + second]
+        assert store.stats()["recovered"]["source"] == "backup"
+    assert path.with_name(path.name + ".corrupt").exists()
+    with h5py.File(path, "r") as f:
+        assert len(f["id"]) == 8
+
+
+def test_with_no_readable_snapshot_or_backup_the_journals_rebuild_the_store(path: Path) -> None:
+    items = [make(i) for i in range(4)]
+    with CorrectionStore(path) as store:
+        for c in items:
+            store.add(c)
+    for snap in (path, path.with_name(path.name + ".bak")):
+        snap.write_bytes(snap.read_bytes()[:1000])  # truncated
+    with CorrectionStore(path) as store:
+        assert [c.id for c in store.all()] == [c.id for c in items]
+        assert store.stats()["recovered"]["source"] == "journal"
+        assert_same(store.get(items[2].id), items[2])
+
+
+def test_the_snapshot_opens_with_plain_h5py_with_the_documented_schema(path: Path) -> None:
+    with CorrectionStore(path) as store:
+        for i in range(3):
+            store.add(make(i))
+    with h5py.File(path, "r") as f:
+        assert set(f.keys()) == DATASETS
+        assert f.attrs["schema_version"] == SCHEMA_VERSION and f.attrs["kind"] == KIND
+        assert f.attrs["journal_seq"] == 3
+        assert {len(f[k]) for k in DATASETS} == {3}
+        assert f["image"].shape == (3, 28, 28) and f["image"].dtype == np.float32
+        for k in ("confidence", "created", "updated"):
+            assert f[k].dtype == np.float64
+        assert f["synced"].dtype == bool
+        assert h5py.check_string_dtype(f["id"].dtype) is not None
+        assert str(uuid.UUID(f["id"].asstr()[0])) == f["id"].asstr()[0]
+
+
+def test_an_empty_store_has_a_readable_snapshot_from_the_start(path: Path) -> None:
+    store = CorrectionStore(path)
+    try:
+        with h5py.File(path, "r") as f:
+            assert f["image"].shape == (0, 28, 28) and len(f["embedding"]) == 0
+        assert len(store) == 0 and store.pending() == [] and store.pending_count() == 0
+        vecs, labels = store.embeddings()
+        assert vecs.shape[0] == 0 and labels.shape == (0,)
+    finally:
+        store.close()
+
+
+def test_concurrent_adds_from_threads_lose_nothing(path: Path) -> None:
+    per_thread, threads = 40, 6
+    made = [[make(t * 100 + i) for i in range(per_thread)] for t in range(threads)]
+    # A small compaction threshold makes background compactions race with the adds.
+    store = CorrectionStore(path, compact_every=25)
+    errors: list[BaseException] = []
+
+    def work(items: list[Correction]) -> None:
+        try:
+            for c in items:
+                store.add(c)
+                store.add(c)
+        except BaseException as e:  # collected and re-raised in the test's thread
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(m,)) for m in made]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+    want = {c.id for m in made for c in m}
+    assert {c.id for c in store.all()} == want and len(store) == len(want)
+    assert {c.id for c in read_store(path)} == want
+    store.close()
+    with h5py.File(path, "r") as f:
+        assert set(f["id"].asstr()[:]) == want
+
+
+def test_embeddings_returns_only_rows_with_one_filtered_by_model_version(path: Path) -> None:
+    with CorrectionStore(path, fsync=False) as store:
+        a, b, c = make(0), make(1, embedding=None), make(2)
+        d = make(3, model_version=c.model_version, embedding=np.ones(8, np.float32))
+        for x in (a, b, c, d):
+            store.add(x)
+        vecs, labels = store.embeddings(model_version=a.model_version)
+        assert vecs.shape == (1, 16) and vecs.dtype == np.float32 and list(labels) == [a.label]
+        assert np.array_equal(vecs[0], a.embedding)
+        # Without a version: only rows of the newest embedding's size.
+        vecs, labels = store.embeddings()
+        assert vecs.shape == (1, 8) and list(labels) == [d.label]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"id": "not-a-uuid"},
+        {"id": str(uuid.uuid4()).upper()},
+        {"label": ""},
+        {"image": np.zeros((28, 27), np.float32)},
+        {"image": np.full((28, 28), 2.0, np.float32)},
+        {"image": np.full((28, 28), np.nan, np.float32)},
+        {"confidence": float("nan")},
+        {"created": "yesterday"},
+        {"strokes": [[[1, float("inf")]]]},
+        {"embedding": np.zeros((2, 2), np.float32)},
+    ],
+)
+def test_an_invalid_correction_is_refused_and_nothing_is_written(path: Path, bad: dict) -> None:
+    with CorrectionStore(path, fsync=False) as store:
+        seq = store.stats()["seq"]
+        with pytest.raises(InvalidCorrection):
+            store.add(make(0, **bad))
+        assert len(store) == 0 and store.stats()["seq"] == seq
+
+
+def test_a_second_open_of_the_same_store_is_refused(path: Path) -> None:
+    with CorrectionStore(path):
+        with pytest.raises(StoreError) as err:
+            CorrectionStore(path, lock_timeout=0.2)
+        assert err.value.code == "store_locked"
+    with CorrectionStore(path, lock_timeout=0.2) as store:
+        assert len(store) == 0
+
+
+def test_a_snapshot_of_a_newer_schema_is_refused_and_left_alone(path: Path) -> None:
+    with CorrectionStore(path) as store:
+        store.add(make(0))
+    with h5py.File(path, "r+") as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION + 1
+    before = path.read_bytes()
+    with pytest.raises(StoreError) as err:
+        CorrectionStore(path)
+    assert err.value.code == "store_schema"
+    assert path.read_bytes() == before
+
+
+def test_stats_report_counts_sizes_and_recovery(path: Path) -> None:
+    with CorrectionStore(path, cap=10) as store:
+        for i in range(3):
+            store.add(make(i))
+        store.mark_synced([store.all()[0].id])
+        s = store.stats()
+    assert (s["count"], s["pending"], s["cap"], s["path"]) == (3, 2, 10, str(path))
+    assert s["bytes"] >= s["snapshot_bytes"] + s["journal_bytes"] > 0
+    assert s["journal_records"] == 4 and s["recovered"]["source"] == "new"
+    assert recover(path).seq == 4
+
+
+def test_a_failed_compaction_loses_nothing_and_is_retried(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    items = [make(i) for i in range(6)]
+    store = CorrectionStore(path, compact_every=3)
+    blocker = path.with_name(path.name + ".tmp")
+    blocker.mkdir()  # the snapshot's temporary file cannot be created
+    try:
+        with caplog.at_level(logging.ERROR, logger="hwrcore.store"):
+            for c in items:
+                store.add(c)
+            deadline = time.monotonic() + 10
+            while not any("compaction" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the background compaction never reported"
+                time.sleep(0.02)
+        with pytest.raises(OSError):
+            store.compact()
+        assert len(store) == 6 and [c.id for c in read_store(path)] == [c.id for c in items]
+    finally:
+        blocker.rmdir()
+    store.close()
+    assert store.stats()["last_compaction"]["rows"] == 6
+    with h5py.File(path, "r") as f:
+        assert list(f["id"].asstr()[:]) == [c.id for c in items]
