@@ -92,15 +92,14 @@ def knn_vote(
     Strength (m,) is the nearest one's weight in [0, 1]; 0 means nobody voted.
     """
     s = np.asarray(top_sims, dtype=np.float32)[:, :k]
-    lab = np.asarray(top_labels)[:, :k]
-    w = np.clip((s - threshold) / (1.0 - threshold), 0.0, 1.0)
+    lab = np.asarray(top_labels, dtype=np.intp)[:, :k]
+    w = np.minimum(np.maximum((s - threshold) * (1.0 / (1.0 - threshold)), 0.0), 1.0)
     m = s.shape[0]
-    votes = np.zeros((m, n_classes), dtype=np.float32)
-    rows = np.arange(m)
-    for j in range(s.shape[1]):  # over the k neighbours, never over stored corrections
-        votes[rows, lab[:, j]] += w[:, j]
+    # One weighted count over (row, class) cells: vectorised, no loop over neighbours or items.
+    cells = (lab + np.arange(m, dtype=np.intp)[:, None] * n_classes).ravel()
+    votes = np.bincount(cells, weights=w.ravel(), minlength=m * n_classes).reshape(m, n_classes)
     total = votes.sum(axis=1, keepdims=True)
-    return votes / np.maximum(total, 1e-12), w[:, 0]
+    return (votes / np.maximum(total, 1e-12)).astype(np.float32), w[:, 0]
 
 
 def mix(probs: np.ndarray, knn: np.ndarray, gate: np.ndarray, eps: float, rule: str) -> np.ndarray:
@@ -135,7 +134,9 @@ def combine(
     if not active.any():
         return probs.copy(), active
     mixed = mix(probs, knn, opts.weight * strength, opts.eps, opts.rule)
-    return np.where(active[:, None], mixed, probs).astype(np.float32), active
+    if active.all():
+        return mixed, active
+    return np.where(active[:, None], mixed, probs), active
 
 
 class Personaliser:
@@ -251,11 +252,13 @@ class Personaliser:
             if q.shape[1] != self._dim:
                 raise ValueError(f"embedding has {q.shape[1]} values; stored ones have {self._dim}")
             sims = self._emb[:n] @ q[0]
-            idx, top = top_neighbours(sims[None, :], self.options.k)
-            top_lab = self._lab[idx]
-        if top[0, 0] < self.options.threshold:
+            k = self.options.k
+            idx = np.argpartition(sims, n - k)[n - k :] if n > k else np.arange(n)
+            idx = idx[np.argsort(-sims[idx], kind="stable")]
+            top, top_lab = sims[idx], self._lab[idx]
+        if top[0] < self.options.threshold:
             return p, "model"
-        out, _ = combine(p[None, :], top, top_lab, self.options)
+        out, _ = combine(p[None, :], top[None, :], top_lab[None, :], self.options)
         out = out[0]
         source = "personal" if int(np.argmax(out)) != int(np.argmax(p)) else "model"
         return out, source
