@@ -23,36 +23,156 @@ def _add_train(sub) -> None:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--limit", type=int)
     p.add_argument("--extra")
-    p.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false", default=None)
+    p.add_argument(
+        "--no-mixed-precision", dest="mixed_precision", action="store_false", default=None
+    )
 
 
 def cmd_train(args) -> int:
     from .config import load_config
     from .train import train
 
-    keys = ("data_dir", "out_dir", "arch", "epochs", "batch_size", "lr", "threads", "max_steps",
-            "limit", "extra", "mixed_precision")
+    keys = (
+        "data_dir",
+        "out_dir",
+        "arch",
+        "epochs",
+        "batch_size",
+        "lr",
+        "threads",
+        "max_steps",
+        "limit",
+        "extra",
+        "mixed_precision",
+    )
     cfg = load_config(args.task, args.config, {k: getattr(args, k) for k in keys})
     path = train(cfg)
     print(f"model written to {path}")
     return 0
 
 
+def _add_download(sub) -> None:
+    p = sub.add_parser(
+        "download",
+        help="fetch the official MNIST and EMNIST files, verified by checksum",
+        description="Fetch MNIST and EMNIST ByMerge into the data directory. A mirror given by "
+        "--base-url must be laid out like the data directory: <base>/mnist/<file>.gz and "
+        "<base>/emnist/gzip.zip.",
+    )
+    p.add_argument("--data-dir", default="data", help="where to write (default: ./data)")
+    p.add_argument("--base-url", help="fetch every file from this mirror instead")
+    p.add_argument("--only", choices=["mnist", "emnist"], help="fetch one data set only")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per connect/read")
+    p.add_argument("--retries", type=int, default=3, help="retries of a failed transfer")
+    p.add_argument("--keep-zip", action="store_true", help="keep EMNIST's gzip.zip")
+
+
+def cmd_download(args) -> int:
+    from .download import Fetcher, download
+
+    if args.timeout <= 0 or args.retries < 0:
+        raise ValueError("--timeout must be positive and --retries not negative")
+    report = download(
+        args.data_dir,
+        base_url=args.base_url,
+        only=args.only,
+        fetcher=Fetcher(timeout=args.timeout, retries=args.retries),
+        keep_zip=args.keep_zip,
+    )
+    print(
+        f"{args.data_dir}: {len(report.fetched)} fetched, {len(report.extracted)} extracted, "
+        f"{len(report.present)} already present and verified"
+    )
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate an int8 model on its test split; write reports and manifest metrics",
+    )
+    p.add_argument("task", choices=["digits", "characters"])
+    p.add_argument("--manifest", help="default: models_export/TASK.json")
+    p.add_argument("--data-dir")
+    p.add_argument("--limit", type=int, help="evaluate only the first N test images")
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads")
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError("--limit must be a positive number of images")
+    manifest = args.manifest or f"models_export/{args.task}.json"
+    report = evaluate(args.task, manifest, args.data_dir, limit=args.limit, threads=args.threads)
+    test = report["test"]
+    print(
+        f"{report['name']} {report['version']}: accuracy {test['accuracy']:.4f}, "
+        f"macro F1 {test['macro_f1']:.4f} on {report['measured_on']}"
+    )
+    if "pendigits" in report:
+        pen = report["pendigits"]
+        print(f"pendigits test writers: accuracy {pen['accuracy']:.4f} ({pen['n']} drawings)")
+    print(f"reports: {', '.join(report['files'].values())} beside {manifest}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a trained Keras model to int8 TFLite with its manifest"
+    )
+    p.add_argument("task", choices=["digits", "characters"])
+    p.add_argument("--model", required=True, help="the trained model, e.g. build/TASK/model.keras")
+    p.add_argument("--out", default="models_export", help="output folder")
+    p.add_argument("--version", help="model version (default: the UTC time)")
+    p.add_argument("--parent-version", help="the version this model was fine-tuned from")
+    p.add_argument("--data-dir")
+
+
+def cmd_export(args) -> int:
+    from .evaluate import export_with_agreement
+
+    path, agree = export_with_agreement(
+        args.task,
+        args.model,
+        args.out,
+        data_dir=args.data_dir,
+        version=args.version,
+        parent_version=args.parent_version,
+    )
+    print(f"exported {path}; int8 and Keras agree on {agree:.2%} of test images")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from hwrcore.errors import HwrError
+
+    from .data import DataError
+    from .download import DownloadError
+
     parser = argparse.ArgumentParser(prog="hwr-train", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_download(sub)
     _add_train(sub)
+    _add_export(sub)
+    _add_evaluate(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"train": cmd_train}
+    handlers = {
+        "download": cmd_download,
+        "train": cmd_train,
+        "export": cmd_export,
+        "evaluate": cmd_evaluate,
+    }
     try:
         return handlers[args.command](args)
-    except (ValueError, OSError) as exc:
-        print(f"hwr-train: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, DownloadError, DataError, HwrError) as exc:
+        message = " ".join(str(exc).split())
+        print(f"hwr-train: error: {message}", file=sys.stderr)
         return 2
 
 

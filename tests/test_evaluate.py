@@ -1,0 +1,161 @@
+"""``hwr-train evaluate``: reports beside the model, consistent numbers, metrics in the manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge.classifier import Classifier
+from hwrcore.manifest import load_manifest
+from trainer.cli import main
+from trainer.evaluate import load_test_images, score, top_confusions
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV_MODELS = ROOT / "build" / "dev-models"
+
+
+@pytest.fixture
+def dev_model(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A copy of a development model (untrained, valid manifest) in a temporary folder."""
+    name = request.param
+    if not (DEV_MODELS / f"{name}.json").is_file():
+        pytest.skip(f"no development model in {DEV_MODELS}")
+    for ext in ("json", "tflite"):
+        shutil.copy(DEV_MODELS / f"{name}.{ext}", tmp_path / f"{name}.{ext}")
+    manifest = load_manifest(tmp_path / f"{name}.json")
+    manifest.metrics["int8_keras_agreement"] = 0.995  # set by export; evaluate must keep it
+    manifest.save(tmp_path / f"{name}.json")
+    return tmp_path / f"{name}.json"
+
+
+@pytest.mark.parametrize(
+    "dev_model, task, n_classes, total",
+    [("digits", "digits", 10, 10_000), ("characters", "characters", 37, 29_600)],
+    indirect=["dev_model"],
+)
+def test_evaluate_writes_consistent_reports_and_metrics(
+    dev_model: Path, task: str, n_classes: int, total: int, data_dir: Path, capsys
+) -> None:
+    rc = main(
+        [
+            "evaluate",
+            task,
+            "--manifest",
+            str(dev_model),
+            "--data-dir",
+            str(data_dir),
+            "--limit",
+            "200",
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "macro F1" in out
+    folder, name = dev_model.parent, dev_model.stem
+    report = json.loads((folder / f"{name}.eval.json").read_text())
+    assert {"name", "version", "task", "model", "sha256", "runtime", "measured_on", "test"} <= set(
+        report
+    )
+    assert report["runtime"] == "ai-edge-litert"
+    assert report["measured_on"].startswith(
+        ("MNIST test" if task == "digits" else "EMNIST ByMerge letters test")
+        + f" (first 200 of {total:,}), int8, ai-edge-litert"
+    )
+    test = report["test"]
+    assert {"n", "accuracy", "macro_f1", "per_class", "top_confusions", "confusion_matrix"} <= set(
+        test
+    )
+    cm = np.asarray(test["confusion_matrix"])
+    assert cm.shape == (n_classes, n_classes) and cm.sum() == test["n"] == 200
+    assert test["accuracy"] == pytest.approx(np.trace(cm) / 200)
+    # Per-class figures follow from the matrix: recall is the diagonal over the row sum,
+    # precision the diagonal over the column sum, F1 their harmonic mean.
+    labels = load_manifest(dev_model).labels
+    assert [c["label"] for c in test["per_class"]] == labels
+    for i, c in enumerate(test["per_class"]):
+        row, col = cm[i].sum(), cm[:, i].sum()
+        assert c["support"] == row
+        assert c["recall"] == pytest.approx(cm[i, i] / row if row else 0.0)
+        assert c["precision"] == pytest.approx(cm[i, i] / col if col else 0.0)
+        p, r = c["precision"], c["recall"]
+        assert c["f1"] == pytest.approx(2 * p * r / (p + r) if p + r else 0.0)
+    present = [c["f1"] for c in test["per_class"] if c["support"]]
+    assert test["macro_f1"] == pytest.approx(np.mean(present))
+    for conf in test["top_confusions"]:
+        t, p = labels.index(conf["true"]), labels.index(conf["predicted"])
+        assert t != p and cm[t, p] == conf["count"]
+    # The matrix is what the device's classifier says about the first 200 test images.
+    x, y = load_test_images(task, data_dir)
+    probs, _ = Classifier(dev_model).predict_batch(x[:200])
+    expected = np.zeros_like(cm)
+    np.add.at(expected, (y[:200], probs.argmax(axis=1)), 1)
+    np.testing.assert_array_equal(cm, expected)
+    # The picture and the page.
+    with Image.open(folder / f"{name}.confusion.png") as png:
+        assert png.format == "PNG" and png.width >= 500 and png.height >= 400
+    md = (folder / f"{name}.eval.md").read_text()
+    assert "| class | precision | recall | F1 | support |" in md
+    assert f"![confusion matrix]({name}.confusion.png)" in md
+    # Headline metrics in the manifest, which still verifies against its model file.
+    manifest = load_manifest(dev_model, verify=True)
+    assert manifest.metrics["test_accuracy"] == pytest.approx(test["accuracy"], abs=1e-6)
+    assert manifest.metrics["macro_f1"] == pytest.approx(test["macro_f1"], abs=1e-6)
+    assert manifest.metrics["n"] == 200
+    assert manifest.metrics["measured_on"] == report["measured_on"]
+    assert manifest.metrics["int8_keras_agreement"] == 0.995
+    if task == "digits":
+        pen = report["pendigits"]
+        assert pen["n"] == 200 and np.asarray(pen["confusion_matrix"]).sum() == 200
+        assert manifest.metrics["pendigits_test_accuracy"] == pytest.approx(
+            pen["accuracy"], abs=1e-6
+        )
+    else:
+        assert "pendigits" not in report and "pendigits_test_accuracy" not in manifest.metrics
+    assert not list(folder.glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("dev_model", ["characters"], indirect=True)
+def test_evaluate_refuses_a_model_of_the_other_task(
+    dev_model: Path, data_dir: Path, capsys
+) -> None:
+    rc = main(["evaluate", "digits", "--manifest", str(dev_model), "--data-dir", str(data_dir)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hwr-train: error:") and "'char' model" in err
+
+
+def test_evaluate_without_a_manifest_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    rc = main(["evaluate", "digits", "--manifest", str(tmp_path / "none.json")])
+    assert rc == 2
+    assert "manifest not found" in capsys.readouterr().err
+
+
+def test_score_by_hand() -> None:
+    labels = ["a", "b", "c"]
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 1, 1, 2, 2])
+    s = score(y_true, y_pred, labels)
+    assert s["accuracy"] == pytest.approx(4 / 6)
+    a, b, c = s["per_class"]
+    assert (a["precision"], a["recall"]) == (pytest.approx(1.0), pytest.approx(2 / 3))
+    assert (b["precision"], b["recall"]) == (pytest.approx(0.5), pytest.approx(0.5))
+    assert (c["precision"], c["recall"]) == (pytest.approx(0.5), pytest.approx(1.0))
+    assert c["f1"] == pytest.approx(2 / 3)
+    assert s["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert s["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def test_top_confusions_are_ordered_and_skip_the_diagonal() -> None:
+    cm = np.array([[50, 3, 0], [7, 40, 1], [0, 3, 9]])
+    got = top_confusions(cm, ["x", "y", "z"], k=10)
+    assert got == [
+        {"true": "y", "predicted": "x", "count": 7},
+        {"true": "x", "predicted": "y", "count": 3},
+        {"true": "z", "predicted": "y", "count": 3},
+        {"true": "y", "predicted": "z", "count": 1},
+    ]
