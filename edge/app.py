@@ -1,0 +1,125 @@
+"""The edge process's Flask app: ``create_app(config)`` opens models and stores; nothing at import.
+
+Routes (the wire protocol of ../shared/DESIGN.md; every error is ``{"error": {code, message}}``):
+
+* ``GET /`` - the canvas page (web/index.html); ``GET /static/<path>`` - its assets (web/static/).
+* ``POST /api/predict`` - ``{"mode": "digit"|"char", "strokes": [[[x, y], ...], ...]}`` or
+  ``{"mode", "image": "<base64 PNG>"}`` -> ``{"id", "label", "confidence", "top", "source",
+  "model": {"name", "version"}, "ms"}``.
+* ``POST /api/correct`` - ``{"id": "<prediction id>", "label": "7"}`` or ``{"mode",
+  "strokes"|"image", "label"}`` -> ``{"correction_id", "stored": true}``, sent only once the
+  correction is durable on disk.
+* ``POST /predict``, ``POST /correct`` - the seed paper's endpoints (see edge/api.py).
+* ``GET /ws`` - WebSocket: ``{"type": "predict"|"correct"|"health", "seq": n, ...}`` answered by
+  ``{"type": "prediction"|"corrected"|"health"|"error", "seq": n, ...}`` (see edge/ws.py).
+* ``GET /healthz`` - ``{"status", "models", "corrections", "pending", "uptime_s"}``.
+
+The long-lived state (both models, both correction stores, the personalisers, the recent
+predictions) is an ``edge.messages.Context`` kept at ``app.extensions["hwr"]``;
+:func:`close_app` closes it (the server calls it on shutdown).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from flask import Flask
+
+from hwrcore.store import CorrectionStore
+
+from . import api, ws
+from .config import EdgeConfig, load_config
+from .messages import Context, RecentPredictions
+from .models import LoadedModel, load_models
+from .personal import Personaliser
+
+log = logging.getLogger(__name__)
+
+STORE_FILES = {"digit": "custom_digits.h5", "char": "custom_characters.h5"}
+# simple-websocket closes a socket whose message exceeds this many times the answered limit.
+WS_HARD_LIMIT_FACTOR = 4
+
+
+def store_path(data_dir: str | Path, mode: str) -> Path:
+    """Where a mode's corrections live in the data directory."""
+    return Path(data_dir) / STORE_FILES[mode]
+
+
+def _personaliser(model: LoadedModel, store: CorrectionStore, cap: int) -> Personaliser:
+    """A personaliser for one mode, loaded with the embeddings of the stored corrections."""
+    p = Personaliser(model.labels, cap=cap)
+    emb, labels = store.embeddings(model.manifest.version)
+    emb = np.asarray(emb, dtype=np.float32)
+    dim = int(model.manifest.outputs["embedding"].shape[-1])
+    if len(emb) and (emb.ndim != 2 or emb.shape[1] != dim):
+        log.warning(
+            "stored %s embeddings have shape %s, the model gives %d values: not used",
+            model.mode,
+            emb.shape,
+            dim,
+        )
+        return p
+    names = [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(labels).tolist()]
+    if len(emb):
+        p.load(emb, names)
+    log.info("personalisation for %r: %d stored corrections", model.mode, len(p))
+    return p
+
+
+def open_context(config: EdgeConfig) -> Context:
+    """Load both models, open both stores and build the personalisers; closes what it opened on error."""
+    models = load_models(config.models_dir, config.model_threads)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    stores: dict[str, CorrectionStore] = {}
+    try:
+        for mode in models:
+            stores[mode] = CorrectionStore(
+                store_path(config.data_dir, mode), cap=config.correction_cap
+            )
+        personalisers = {
+            mode: _personaliser(models[mode], stores[mode], config.correction_cap)
+            for mode in models
+        }
+    except BaseException:
+        for store in stores.values():
+            store.close()
+        raise
+    return Context(
+        models=models,
+        stores=stores,
+        personalisers=personalisers,
+        recent=RecentPredictions(config.recent_predictions),
+    )
+
+
+def create_app(config: EdgeConfig | None = None) -> Flask:
+    """The edge app on ``config`` (defaults and HWR_EDGE_* variables when None)."""
+    if config is None:
+        config = load_config()
+    log.info("effective config: %s", config.to_dict())
+    app = Flask(__name__, static_folder=None)
+    app.config.update(
+        MAX_CONTENT_LENGTH=config.max_body_bytes,
+        MAX_FORM_MEMORY_SIZE=config.max_body_bytes,
+        SOCK_SERVER_OPTIONS={
+            "max_message_size": config.ws_max_message_bytes * WS_HARD_LIMIT_FACTOR,
+            "ping_interval": 25,
+        },
+        HWR_CONFIG=config,
+    )
+    app.extensions["hwr"] = open_context(config)
+    api.init_app(app)
+    ws.init_app(app)
+    return app
+
+
+def close_app(app: Flask) -> None:
+    """Close what ``create_app`` opened: refuse new work, then close the stores."""
+    ctx: Context | None = app.extensions.get("hwr")
+    if ctx is not None:
+        ctx.close()
+
+
+__all__ = ["close_app", "create_app", "open_context", "store_path"]

@@ -1,0 +1,206 @@
+"""``hwr-edge``: serve the edge app under gunicorn (one gthread worker: one writer per store).
+
+    hwr-edge [--host H] [--port P] [--data-dir D] [--models-dir M] [--config FILE.toml]
+
+Settings come from defaults, then ``--config``, then HWR_EDGE_* variables, then these flags.
+The listening socket is bound here, before the server starts, so a port in use is reported
+at once (``--port 0`` picks a free port; the URL printed names it). Missing or damaged models,
+a port in use or a bad setting print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from hwrcore.errors import HwrError
+
+from .config import EdgeConfig, load_config
+from .models import check_models
+
+log = logging.getLogger("edge")
+
+EXIT_USAGE = 2
+PR_SET_PDEATHSIG = 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="hwr-edge", description="Serve the classroom canvas and API.")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8000; 0 picks a free one)")
+    p.add_argument("--data-dir", type=Path, help="where the corrections are kept")
+    p.add_argument("--models-dir", type=Path, help="folder with digits.json and characters.json")
+    p.add_argument("--config", type=Path, help="a TOML file of settings")
+    return p.parse_args(argv)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (SO_REUSEADDR, so a restart rebinds at once)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def _die_with_parent(server: Any, worker: Any) -> None:
+    """In the worker: die with the master, as a power cut would, instead of living on alone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: gunicorn's own parent check ends the worker a little later
+    if os.getppid() != worker.ppid:
+        os._exit(1)
+
+
+def _on_worker_ready(worker: Any) -> None:
+    """Stop answering new messages as soon as a graceful stop begins, before threads are drained."""
+    app = worker.wsgi
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        app.extensions["hwr"].closing.set()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+    log.info("ready: worker %d answers", os.getpid())
+
+
+def _on_worker_exit(server: Any, worker: Any) -> None:
+    """Close the stores when the worker leaves."""
+    app = getattr(worker, "wsgi", None)
+    if app is not None and hasattr(app, "extensions"):
+        from .app import close_app
+
+        close_app(app)
+        log.info("stores closed")
+
+
+class EdgeServer(BaseApplication):
+    """gunicorn running ``create_app(config)`` on an already bound socket."""
+
+    def __init__(self, config: EdgeConfig, fd: int):
+        self.edge_config = config
+        self.fd = fd
+        super().__init__()
+
+    def load_config(self) -> None:
+        c = self.edge_config
+        settings = {
+            "bind": [f"fd://{self.fd}"],
+            "workers": 1,  # one process writes the stores
+            "worker_class": "gthread",
+            "threads": c.threads,  # an open WebSocket holds a thread
+            "graceful_timeout": 5,
+            "timeout": 60,
+            "keepalive": 5,
+            "loglevel": c.log_level,
+            "errorlog": "-",
+            "accesslog": None,
+            "proc_name": "hwr-edge",
+            "post_fork": _die_with_parent,
+            "post_worker_init": _on_worker_ready,
+            "worker_exit": _on_worker_exit,
+            "control_socket_disable": True,  # gunicorn >= 27 would open one in $HOME
+        }
+        for key, value in settings.items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from .app import create_app
+
+        return create_app(self.edge_config)
+
+
+class StartError(HwrError):
+    """The process cannot start: a port in use, a data directory it cannot write."""
+
+    code = "cannot_start"
+
+
+def serve(config: EdgeConfig) -> int:
+    """Check models, bind, print the URL and serve until stopped; returns gunicorn's exit status."""
+    check_models(config.models_dir)
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartError(f"cannot create the data directory {config.data_dir}: {exc}") from None
+    if not os.access(config.data_dir, os.W_OK):
+        raise StartError(f"the data directory {config.data_dir} is not writable")
+    try:
+        sock = bind(config.host, config.port)
+    except OSError as exc:
+        raise StartError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+        ) from None
+    print(f"hwr-edge: serving {url_of(sock)} (data in {config.data_dir})", flush=True)
+    # Import the app's modules here so the worker forks with them loaded and answers sooner.
+    from . import app as _app  # noqa: F401
+
+    server = EdgeServer(config, sock.detach())
+    try:
+        server.run()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, serve, and map every start-up failure to one line on stderr and status 2."""
+    args = parse_args(argv)
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "data_dir": args.data_dir,
+        "models_dir": args.models_dir,
+    }
+    try:
+        config = load_config(args.config, overrides=flags)
+    except HwrError as exc:
+        print(f"hwr-edge: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        status = serve(config)
+    except HwrError as exc:
+        print(f"hwr-edge: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    if status not in (0, None):
+        print(
+            f"hwr-edge: the server stopped with status {status} (see the log above)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The edge process's configuration: defaults, then a TOML file, then HWR_EDGE_* variables, then flags.
+
+Every layer may set only the fields of :class:`EdgeConfig`; an unknown key is an error, so a
+misspelt setting fails at start instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from hwrcore.errors import HwrError
+
+ENV_PREFIX = "HWR_EDGE_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(HwrError):
+    """A configuration value or key that cannot be used."""
+
+    code = "invalid_config"
+
+
+def default_data_dir() -> Path:
+    """Per-user data directory: $XDG_DATA_HOME/hwr-edge, else ~/.local/share/hwr-edge."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "hwr-edge"
+
+
+def default_models_dir() -> Path:
+    """The shipped models: models_export/ of the repository this package lives in."""
+    return REPO_ROOT / "models_export"
+
+
+def default_web_dir() -> Path:
+    """The canvas page and its assets: web/ of the repository this package lives in."""
+    return REPO_ROOT / "web"
+
+
+@dataclass
+class EdgeConfig:
+    """Everything the edge process can be told; see :func:`load_config` for the layers."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = field(default_factory=default_data_dir)
+    models_dir: Path = field(default_factory=default_models_dir)
+    web_dir: Path = field(default_factory=default_web_dir)
+    correction_cap: int = 5000  # corrections kept per mode; synced ones are dropped first
+    max_body_bytes: int = 1 << 20  # largest HTTP request body
+    ws_max_message_bytes: int = 256 << 10  # largest WebSocket message answered
+    ws_messages_per_second: float = 30.0  # sustained rate per socket
+    ws_burst: int = 60  # messages a socket may send at once before the rate applies
+    recent_predictions: int = 1000  # predictions remembered for a correction by id
+    threads: int = 32  # server threads: one per open WebSocket, plus HTTP
+    model_threads: int = 1  # interpreter threads per model
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser()
+        self.models_dir = Path(self.models_dir).expanduser()
+        self.web_dir = Path(self.web_dir).expanduser()
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject values the process cannot run with, naming the setting."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0-65535, got {self.port}")
+        for name in ("correction_cap", "max_body_bytes", "ws_max_message_bytes", "ws_burst"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("recent_predictions", "threads", "model_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.ws_messages_per_second > 0:
+            raise ConfigError(
+                f"ws_messages_per_second must be positive, got {self.ws_messages_per_second}"
+            )
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(f"log_level must be debug/info/warning/error, got {self.log_level!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (paths as strings), for the start-up log and for tests."""
+        return {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+
+_FIELDS = {f.name: f for f in fields(EdgeConfig)}
+
+
+def _coerce(name: str, value: object, source: str) -> Any:
+    """Turn a value from TOML, the environment or a flag into the field's type."""
+    if name not in _FIELDS:
+        raise ConfigError(
+            f"unknown setting {name!r} in {source}; known: {', '.join(sorted(_FIELDS))}"
+        )
+    kind = _FIELDS[name].type  # a string: annotations are postponed
+    try:
+        if kind == "Path":
+            if not isinstance(value, (str, os.PathLike)):
+                raise TypeError
+            return Path(value)
+        if kind == "int":
+            if isinstance(value, (bool, float)):
+                raise TypeError
+            return int(value)  # type: ignore[arg-type]
+        if kind == "float":
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)  # type: ignore[arg-type]
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name!r} in {source} must be {kind}, got {value!r}") from None
+
+
+def _layer(values: Mapping[str, object], source: str) -> dict[str, Any]:
+    return {name: _coerce(name, value, source) for name, value in values.items()}
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Settings from a TOML file: top-level keys, or an [edge] table."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {p} is not readable TOML ({exc})") from None
+    if set(data) == {"edge"} and isinstance(data["edge"], dict):
+        data = data["edge"]
+    return _layer(data, f"config file {p}")
+
+
+def read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from HWR_EDGE_<SETTING> variables (e.g. HWR_EDGE_PORT=8080)."""
+    values = {
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in env.items()
+        if key.startswith(ENV_PREFIX)
+    }
+    return _layer(values, "the environment (HWR_EDGE_*)")
+
+
+def load_config(
+    config_file: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> EdgeConfig:
+    """Defaults, then ``config_file``, then ``env`` (os.environ if None), then ``overrides``."""
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        merged.update(read_toml(config_file))
+    merged.update(read_env(os.environ if env is None else env))
+    merged.update(_layer({k: v for k, v in (overrides or {}).items() if v is not None}, "flags"))
+    return EdgeConfig(**merged)
+
+
+__all__ = ["ConfigError", "EdgeConfig", "default_data_dir", "default_models_dir", "load_config"]

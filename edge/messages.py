@@ -1,0 +1,330 @@
+"""One function that answers every request of the wire, for HTTP and the WebSocket alike.
+
+``handle_message(msg, ctx)`` takes a decoded message (``{"type": "predict" | "correct" |
+"health", "seq"?, ...}``) and returns the answer as a dict: ``{"type": "prediction" |
+"corrected" | "health", "seq", ...}`` or ``{"type": "error", "seq", "error": {code, message}}``.
+It never raises and never logs a drawing. Recent predictions are remembered (bounded, LRU) so
+a correction by prediction id stores the drawing exactly as it was predicted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hwrcore import protocol
+from hwrcore.errors import HwrError, InvalidLabel
+from hwrcore.labels import label_set_for_mode
+from hwrcore.preprocess import png_to_input, strokes_to_input
+from hwrcore.store import Correction, CorrectionStore, InvalidCorrection, StoreError
+
+from .models import LoadedModel
+from .personal import Personaliser
+
+log = logging.getLogger(__name__)
+
+TOP_K = 3
+
+
+@dataclass
+class Recent:
+    """What a prediction saw and said, kept so a correction by id can store it."""
+
+    mode: str
+    image: np.ndarray  # (28, 28) float32 model input
+    strokes: list | None  # the validated strokes, or None for an image
+    label: str
+    confidence: float
+    embedding: np.ndarray
+    model_version: str
+    correction: tuple[str, str] | None = None  # (correction id, label) once corrected
+
+
+class RecentPredictions:
+    """Bounded id -> Recent map; the least recently used prediction is forgotten first."""
+
+    def __init__(self, capacity: int = 1000):
+        self.capacity = capacity
+        self._items: OrderedDict[str, Recent] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def put(self, pid: str, item: Recent) -> None:
+        with self._lock:
+            self._items[pid] = item
+            self._items.move_to_end(pid)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def get(self, pid: str) -> Recent | None:
+        with self._lock:
+            item = self._items.get(pid)
+            if item is not None:
+                self._items.move_to_end(pid)
+            return item
+
+
+@dataclass
+class Context:
+    """The long-lived state a message needs: models, stores, personalisers, recent predictions."""
+
+    models: dict[str, LoadedModel]
+    stores: dict[str, CorrectionStore]
+    personalisers: dict[str, Personaliser]
+    recent: RecentPredictions
+    started: float = field(default_factory=time.monotonic)
+    closing: threading.Event = field(default_factory=threading.Event)
+    # One writer per store: a correction is checked, stored and remembered as one step.
+    write_locks: dict[str, threading.Lock] = field(
+        default_factory=lambda: {"digit": threading.Lock(), "char": threading.Lock()}
+    )
+
+    def close(self) -> None:
+        """Refuse new work and close the stores (each waits for its writer to finish)."""
+        self.closing.set()
+        for mode, store in self.stores.items():
+            with self.write_locks[mode]:
+                try:
+                    store.close()
+                except Exception:  # one store failing to close must not keep the other open
+                    log.exception("closing the %s corrections store failed", mode)
+
+
+class Unavailable(HwrError):
+    """The process is shutting down or a store cannot be written."""
+
+    code = "unavailable"
+
+
+class Internal(HwrError):
+    """A failure of this process, not of the request."""
+
+    code = "internal"
+
+
+def handle_message(msg: object, ctx: Context) -> dict[str, Any]:
+    """Answer one decoded message; errors come back as the wire's error message, never raised."""
+    t0 = time.perf_counter()
+    seq = None
+    try:
+        body = protocol.require_object(msg)
+        seq = protocol.get_seq(body)
+        kind = protocol.get_type(body)
+        if ctx.closing.is_set():
+            raise Unavailable("the server is shutting down; try again in a moment")
+        if kind == "predict":
+            reply = _predict(body, ctx, t0)
+        elif kind == "correct":
+            reply = _correct(body, ctx)
+        else:
+            reply = health(ctx)
+        return {"type": protocol.REQUEST_TYPES[kind], "seq": seq, **reply}
+    except HwrError as exc:
+        return protocol.error_message(exc.code, exc.message, seq)
+    except Exception:  # the wire must get an answer whatever went wrong
+        # The traceback names code, not the message: drawings never reach the log.
+        log.exception("unexpected error answering a message")
+        return protocol.error_message("internal", "the server failed to answer; it was logged", seq)
+
+
+def _model(ctx: Context, mode: str) -> LoadedModel:
+    return ctx.models[mode]
+
+
+def _drawing_input(body: dict[str, Any], model: LoadedModel) -> tuple[np.ndarray, list | None]:
+    """The model input of the message's drawing, and its strokes (None for an image)."""
+    kind, drawing = protocol.get_drawing(body)
+    try:
+        if kind == "strokes":
+            return strokes_to_input(drawing, model.style), drawing
+        return png_to_input(drawing, model.style), None
+    except HwrError:
+        raise
+    except (OverflowError, ValueError, TypeError):
+        # e.g. an integer coordinate too large for a float: still just a bad drawing.
+        raise protocol.ProtocolError(
+            "the drawing has numbers that cannot be used", code="invalid_drawing"
+        ) from None
+
+
+def _canonical_label(label: str, mode: str, model: LoadedModel) -> str:
+    canon = label_set_for_mode(mode).canonical(label)
+    if canon not in model.labels:
+        raise InvalidLabel(f"label {label!r} is not one of this model's classes")
+    return canon
+
+
+def _classify(
+    model: LoadedModel, ctx: Context, image: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Model probabilities, nudged by the device's corrections: (probs, embedding, source)."""
+    pred = model.classifier.predict(image)
+    probs = np.asarray(pred.probabilities, dtype=np.float32)
+    personaliser = ctx.personalisers.get(model.mode)
+    source = "model"
+    if personaliser is not None:
+        probs, source = personaliser.decide(probs, pred.embedding)
+    return np.asarray(probs, dtype=np.float32), pred.embedding, source
+
+
+def _predict(body: dict[str, Any], ctx: Context, t0: float) -> dict[str, Any]:
+    mode = protocol.get_mode(body)
+    model = _model(ctx, mode)
+    image, strokes = _drawing_input(body, model)
+    probs, embedding, source = _classify(model, ctx, image)
+    labels = model.labels
+    order = np.argsort(-probs, kind="stable")[:TOP_K]
+    top = [{"label": labels[i], "p": round(float(probs[i]), 6)} for i in order]
+    pid = uuid.uuid4().hex
+    ctx.recent.put(
+        pid,
+        Recent(
+            mode=mode,
+            image=image,
+            strokes=strokes,
+            label=top[0]["label"],
+            confidence=top[0]["p"],
+            embedding=np.asarray(embedding, dtype=np.float32),
+            model_version=model.manifest.version,
+        ),
+    )
+    return {
+        "id": pid,
+        "mode": mode,
+        "label": top[0]["label"],
+        "confidence": top[0]["p"],
+        "top": top,
+        "source": source,
+        "model": model.info,
+        "ms": round((time.perf_counter() - t0) * 1000.0, 3),
+    }
+
+
+def _correct(body: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    label = protocol.get_label(body)
+    pid = protocol.get_prediction_id(body)
+    if pid is not None:
+        if body.get("strokes") is not None or body.get("image") is not None:
+            raise protocol.ProtocolError("send either a prediction id or a drawing, not both")
+        recent = ctx.recent.get(pid)
+        if recent is None:
+            raise protocol.ProtocolError(
+                "no recent prediction has this id (it may have been forgotten): send the drawing",
+                code="unknown_prediction",
+            )
+        if body.get("mode") is not None and body.get("mode") != recent.mode:
+            raise protocol.ProtocolError(
+                f"mode does not match the prediction's mode {recent.mode!r}", code="invalid_mode"
+            )
+        mode = recent.mode
+        model = _model(ctx, mode)
+        canon = _canonical_label(label, mode, model)
+    else:
+        mode = protocol.get_mode(body)
+        model = _model(ctx, mode)
+        canon = _canonical_label(label, mode, model)
+        image, strokes = _drawing_input(body, model)
+        probs, embedding, _ = _classify(model, ctx, image)
+        best = int(np.argmax(probs))
+        recent = Recent(
+            mode=mode,
+            image=image,
+            strokes=strokes,
+            label=model.labels[best],
+            confidence=round(float(probs[best]), 6),
+            embedding=np.asarray(embedding, dtype=np.float32),
+            model_version=model.manifest.version,
+        )
+    correction_id = _store(ctx, recent, canon)
+    return {
+        "correction_id": correction_id,
+        "stored": True,
+        "label": canon,
+        "pending": pending_total(ctx),
+    }
+
+
+def _store(ctx: Context, recent: Recent, label: str) -> str:
+    """Store a correction durably, then teach the personaliser; returns the correction's id."""
+    with ctx.write_locks[recent.mode]:
+        if ctx.closing.is_set():
+            raise Unavailable("the server is shutting down; try again in a moment")
+        if recent.correction is not None:
+            done_id, done_label = recent.correction
+            if done_label == label:
+                return done_id  # a repeated request (a retry): already stored
+            raise protocol.ProtocolError(
+                f"this prediction was already corrected to {done_label!r}",
+                code="already_corrected",
+            )
+        correction = Correction(
+            id=str(uuid.uuid4()),
+            label=label,
+            image=recent.image,
+            strokes=recent.strokes,
+            predicted=recent.label,
+            confidence=recent.confidence,
+            model_version=recent.model_version,
+            created=time.time(),
+            embedding=recent.embedding,
+        )
+        try:
+            ctx.stores[recent.mode].add(correction)
+        except (StoreError, OSError, RuntimeError) as exc:
+            log.error("storing a %s correction failed: %s", recent.mode, exc)
+            raise Unavailable("the correction could not be stored; try again") from None
+        except InvalidCorrection as exc:
+            # Everything was checked before; a refusal here is a bug, not the client's fault.
+            log.error("the store refused a %s correction: %s", recent.mode, exc)
+            raise Internal("the correction could not be stored; it was logged") from None
+        recent.correction = (correction.id, label)
+    personaliser = ctx.personalisers.get(recent.mode)
+    if personaliser is not None:
+        try:
+            personaliser.add(recent.embedding, label)
+        except (HwrError, ValueError) as exc:
+            # The correction is stored; only this session's personalisation misses it.
+            log.error("personalisation could not take a %s correction: %s", recent.mode, exc)
+    return correction.id
+
+
+def pending_total(ctx: Context) -> int:
+    """Corrections not yet synced, over both stores."""
+    return int(sum(int(store.pending_count()) for store in ctx.stores.values()))
+
+
+def health(ctx: Context) -> dict[str, Any]:
+    """Model versions, store state and pending corrections, as /healthz answers."""
+    return {
+        "status": "ok",
+        "models": {mode: m.info for mode, m in ctx.models.items()},
+        "corrections": {mode: _plain(store.stats()) for mode, store in ctx.stores.items()},
+        "pending": pending_total(ctx),
+        "uptime_s": round(time.monotonic() - ctx.started, 3),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays inside a stats dict -> JSON-ready Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+__all__ = ["Context", "Recent", "RecentPredictions", "handle_message", "health", "pending_total"]
