@@ -12,7 +12,8 @@ Routes (the wire protocol of ../shared/DESIGN.md; every error is ``{"error": {co
 * ``POST /predict``, ``POST /correct`` - the seed paper's endpoints (see edge/api.py).
 * ``GET /ws`` - WebSocket: ``{"type": "predict"|"correct"|"health", "seq": n, ...}`` answered by
   ``{"type": "prediction"|"corrected"|"health"|"error", "seq": n, ...}`` (see edge/ws.py).
-* ``GET /healthz`` - ``{"status", "models", "corrections", "pending", "uptime_s"}``.
+* ``GET /healthz`` - ``{"status", "models": {mode: {"name", "version", "labels"}}, "corrections":
+  {mode: store stats}, "pending", "uptime_s"}``.
 
 The long-lived state (both models, both correction stores, the personalisers, the recent
 predictions) is an ``edge.messages.Context`` kept at ``app.extensions["hwr"]``;

@@ -304,10 +304,10 @@ def pending_total(ctx: Context) -> int:
 
 
 def health(ctx: Context) -> dict[str, Any]:
-    """Model versions, store state and pending corrections, as /healthz answers."""
+    """Model versions and labels, store state and pending corrections, as /healthz answers."""
     return {
         "status": "ok",
-        "models": {mode: m.info for mode, m in ctx.models.items()},
+        "models": {mode: {**m.info, "labels": list(m.labels)} for mode, m in ctx.models.items()},
         "corrections": {mode: _plain(store.stats()) for mode, store in ctx.stores.items()},
         "pending": pending_total(ctx),
         "uptime_s": round(time.monotonic() - ctx.started, 3),

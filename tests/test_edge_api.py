@@ -146,7 +146,9 @@ def test_healthz(client):
     body = resp.get_json()
     assert body["status"] == "ok" and body["pending"] == 1
     assert set(body["models"]) == {"digit", "char"}
-    assert set(body["models"]["digit"]) == {"name", "version"}
+    assert set(body["models"]["digit"]) == {"name", "version", "labels"}
+    assert body["models"]["digit"]["labels"] == list("0123456789")
+    assert len(body["models"]["char"]["labels"]) == 37
     assert body["corrections"]["digit"]["count"] == 1
     assert body["corrections"]["char"]["pending"] == 0
     assert body["uptime_s"] >= 0
@@ -160,7 +162,7 @@ def test_paper_endpoints_take_a_form_or_json(client):
     as_json = client.post("/predict", json={"image": png(LETTER_T), "mode": "char"})
     assert as_json.status_code == 200
     char_model = client.get("/healthz").get_json()["models"]["char"]
-    assert as_json.get_json()["model"] == char_model
+    assert as_json.get_json()["model"]["name"] == char_model["name"]
     corr = client.post("/correct", data={"image": png(SEVEN), "label": "7"})
     assert corr.status_code == 200 and corr.get_json()["stored"] is True
     assert_error(client.post("/predict", data={"mode": "digit"}), 400, "invalid_message")
