@@ -257,7 +257,7 @@ def run_server(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hwr-bench-") as tmp:
         server = EdgeProcess(args.models_dir, Path(tmp))
         try:
-            ready_s, health = server.wait_ready()
+            ready_s, health = server.wait_ready(args.start_timeout)
             session = requests.Session()  # one keep-alive connection, opened once the server is up
             result["ready_s"] = ready_s
             result["models"] = health.get("models")
@@ -429,6 +429,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=50, help="untimed predictions first (default 50)")
     ap.add_argument(
         "--samples", type=int, default=500, help="distinct pendigits drawings cycled through"
+    )
+    ap.add_argument(
+        "--start-timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for /healthz (default 120)",
     )
     ap.add_argument("--in-process", action="store_true", help="time the pieces without a server")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
