@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
 def edge_models() -> Path:
     """The shipped models when there are some, else the untrained development models."""
     shipped = ROOT / "models_export"
-    return shipped if (shipped / "digits.json").is_file() else ROOT / "build" / "dev-models"
+    both = all((shipped / name).is_file() for name in ("digits.json", "characters.json"))
+    return shipped if both else ROOT / "build" / "dev-models"
 
 
 def _die_with_the_test() -> None:
