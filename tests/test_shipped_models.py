@@ -1,0 +1,72 @@
+"""Every shipped model in models_export/: intact, labelled as the core says, and accurate.
+
+Skips where models_export/ holds no models yet (the ``models_dir`` fixture).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.classifier import Classifier
+from hwrcore.labels import CHARACTERS, DIGITS
+from hwrcore.manifest import load_manifest, sha256_file
+from trainer.evaluate import load_test_images
+
+# Accuracy on the first 1,000 test images, as the device's int8 interpreter computes it.
+SLICE = 1000
+MIN_ACCURACY = {"digit": 0.99, "char": 0.88}
+EXPECTED = {
+    "digit": ("digits", DIGITS, "mnist"),
+    "char": ("characters", CHARACTERS, "emnist"),
+}
+
+
+def _manifests(models_dir: Path) -> list[Path]:
+    paths = sorted(models_dir.glob("*.json"))
+    if not paths:
+        pytest.skip(f"no model manifests in {models_dir}")
+    return paths
+
+
+def test_every_manifest_verifies_against_its_model(models_dir: Path) -> None:
+    for path in _manifests(models_dir):
+        m = load_manifest(path, verify=True)
+        assert m.sha256 == sha256_file(path.parent / m.file), path
+        assert m.mode in EXPECTED, path
+
+
+def test_labels_and_input_convention(models_dir: Path) -> None:
+    for path in _manifests(models_dir):
+        m = load_manifest(path)
+        _, label_set, style = EXPECTED[m.mode]
+        assert m.labels == list(label_set.labels), path
+        assert m.style == style, path
+        assert m.input.dtype == "int8" and list(m.input.shape[-3:]) == [28, 28, 1], path
+        assert m.input.scale == pytest.approx(1 / 255, rel=0.01), path
+        assert set(m.outputs) >= {"probabilities", "embedding"}, path
+        assert m.outputs["probabilities"].shape[-1] == len(label_set), path
+
+
+def test_manifests_record_where_their_accuracy_was_measured(models_dir: Path) -> None:
+    for path in _manifests(models_dir):
+        metrics = load_manifest(path).metrics
+        assert isinstance(metrics.get("test_accuracy"), float), f"{path}: run hwr-train evaluate"
+        assert "int8" in metrics.get("measured_on", ""), path
+
+
+def test_shipped_models_cover_both_modes(models_dir: Path) -> None:
+    modes = {load_manifest(p).mode for p in _manifests(models_dir)}
+    assert modes == {"digit", "char"}
+
+
+def test_accuracy_on_a_fixed_slice(models_dir: Path, data_dir: Path) -> None:
+    for path in _manifests(models_dir):
+        clf = Classifier(path)
+        task, _, _ = EXPECTED[clf.manifest.mode]
+        x, y = load_test_images(task, data_dir)
+        probs, _ = clf.predict_batch(x[:SLICE])
+        accuracy = float(np.mean(probs.argmax(axis=1) == y[:SLICE]))
+        assert accuracy >= MIN_ACCURACY[clf.manifest.mode], f"{path}: {accuracy:.4f}"
