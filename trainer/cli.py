@@ -23,6 +23,8 @@ def _add_train(sub) -> None:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--limit", type=int)
     p.add_argument("--extra")
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--init-from", help="a trained .keras model to fine-tune from")
     p.add_argument(
         "--no-mixed-precision", dest="mixed_precision", action="store_false", default=None
     )
@@ -44,6 +46,8 @@ def cmd_train(args) -> int:
         "limit",
         "extra",
         "mixed_precision",
+        "warmup_epochs",
+        "init_from",
     )
     cfg = load_config(args.task, args.config, {k: getattr(args, k) for k in keys})
     path = train(cfg)

@@ -39,6 +39,7 @@ class TrainConfig:
     threads: int = 0  # 0: TensorFlow's default
     max_steps: int = 0  # >0: stop each epoch after this many steps (smoke tests)
     limit: int = 0  # >0: use only this many training images (smoke tests)
+    init_from: str = ""  # a trained .keras model to start from (fine-tuning)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:

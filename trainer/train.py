@@ -74,6 +74,9 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.max_steps:
         steps = min(steps, cfg.max_steps)
     model = build(cfg.arch, len(labels))
+    if cfg.init_from:
+        model.set_weights(keras.models.load_model(cfg.init_from, compile=False).get_weights())
+        log.info("starting from the weights of %s", cfg.init_from)
     total = steps * cfg.epochs
     warm = int(steps * cfg.warmup_epochs) if cfg.epochs > 1 else 0
     schedule = keras.optimizers.schedules.CosineDecay(
