@@ -13,6 +13,8 @@ from pathlib import Path
 
 import requests
 
+from tests.models import shipped_models
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -47,11 +49,8 @@ def hwr_edge_command() -> list[str] | None:
 
 
 def models_for_edge() -> Path | None:
-    """The shipped models when present, else the development models; None when neither is."""
-    for candidate in (ROOT / "models_export", ROOT / "build" / "dev-models"):
-        if (candidate / "digits.json").is_file() and (candidate / "characters.json").is_file():
-            return candidate
-    return None
+    """The shipped models when present, else None."""
+    return shipped_models()
 
 
 def free_port() -> int:

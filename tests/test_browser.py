@@ -61,12 +61,12 @@ def playwright_browser() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def edge_models() -> Path:
-    """The models the server loads: models_export/ when it has them, else build/dev-models."""
+    """The models the server loads: the shipped ones in models_export/."""
     if hwr_edge_command() is None:
         pytest.skip("hwr-edge is not installed (pip install -e '.[edge]')")
     models = models_for_edge()
     if models is None:
-        pytest.skip("no models: neither models_export/ nor build/dev-models holds digits.json")
+        pytest.skip("no shipped models in models_export/")
     return models
 
 

@@ -22,6 +22,7 @@ import h5py
 import pytest
 
 from hwrcore.store import CorrectionStore, read_store, scan_journal
+from tests.models import require_models
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -136,13 +137,10 @@ def edge_command() -> list[str]:
 
 @pytest.fixture
 def models(tmp_path: Path) -> Path:
-    """A copy of the shipped models (models_export/), else of the development models."""
-    for src in (ROOT / "models_export", ROOT / "build" / "dev-models"):
-        if (src / "digits.json").is_file() and (src / "characters.json").is_file():
-            dst = tmp_path / "models"
-            shutil.copytree(src, dst)
-            return dst
-    pytest.skip("no models in models_export/ or build/dev-models/")
+    """A copy of the shipped models (models_export/)."""
+    dst = tmp_path / "models"
+    shutil.copytree(require_models(), dst)
+    return dst
 
 
 def free_port() -> int:

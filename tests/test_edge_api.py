@@ -19,6 +19,7 @@ from edge.config import ConfigError, EdgeConfig, load_config
 from edge.models import ModelLoadError, check_models
 from hwrcore.preprocess import strokes_to_png
 from hwrcore.store import read_store
+from tests.models import require_models
 
 ROOT = Path(__file__).resolve().parent.parent
 SEVEN = [[[60.0, 50.0], [220.0, 50.0], [130.0, 240.0]]]
@@ -27,10 +28,8 @@ MARK = 137.913  # a coordinate that must never reach the log
 
 
 def edge_models() -> Path:
-    """The shipped models when there are some, else the untrained development models."""
-    shipped = ROOT / "models_export"
-    both = all((shipped / name).is_file() for name in ("digits.json", "characters.json"))
-    return shipped if both else ROOT / "build" / "dev-models"
+    """The shipped models (skips the test when models_export/ has none)."""
+    return require_models()
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import requests
 import websocket
 
 from hwrcore.store import read_store
+from tests.models import require_models
 
 ROOT = Path(__file__).resolve().parent.parent
 HWR_EDGE = Path(sys.executable).parent / "hwr-edge"
@@ -29,10 +30,8 @@ pytestmark = pytest.mark.slow
 
 
 def edge_models() -> Path:
-    """The shipped models when there are some, else the untrained development models."""
-    shipped = ROOT / "models_export"
-    both = all((shipped / name).is_file() for name in ("digits.json", "characters.json"))
-    return shipped if both else ROOT / "build" / "dev-models"
+    """The shipped models (skips the test when models_export/ has none)."""
+    return require_models()
 
 
 def _die_with_the_test() -> None:

@@ -12,21 +12,20 @@ from PIL import Image
 
 from edge.classifier import Classifier
 from hwrcore.manifest import load_manifest
+from tests.models import require_models
 from trainer.cli import main
 from trainer.evaluate import load_test_images, score, top_confusions
 
 ROOT = Path(__file__).resolve().parent.parent
-DEV_MODELS = ROOT / "build" / "dev-models"
 
 
 @pytest.fixture
-def dev_model(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
-    """A copy of a development model (untrained, valid manifest) in a temporary folder."""
+def model_copy(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A copy of a shipped model and its manifest in a temporary folder."""
     name = request.param
-    if not (DEV_MODELS / f"{name}.json").is_file():
-        pytest.skip(f"no development model in {DEV_MODELS}")
+    src = require_models()
     for ext in ("json", "tflite"):
-        shutil.copy(DEV_MODELS / f"{name}.{ext}", tmp_path / f"{name}.{ext}")
+        shutil.copy(src / f"{name}.{ext}", tmp_path / f"{name}.{ext}")
     manifest = load_manifest(tmp_path / f"{name}.json")
     manifest.metrics["int8_keras_agreement"] = 0.995  # set by export; evaluate must keep it
     manifest.save(tmp_path / f"{name}.json")
@@ -34,19 +33,19 @@ def dev_model(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.mark.parametrize(
-    "dev_model, task, n_classes, total",
+    "model_copy, task, n_classes, total",
     [("digits", "digits", 10, 10_000), ("characters", "characters", 37, 29_600)],
-    indirect=["dev_model"],
+    indirect=["model_copy"],
 )
 def test_evaluate_writes_consistent_reports_and_metrics(
-    dev_model: Path, task: str, n_classes: int, total: int, data_dir: Path, capsys
+    model_copy: Path, task: str, n_classes: int, total: int, data_dir: Path, capsys
 ) -> None:
     rc = main(
         [
             "evaluate",
             task,
             "--manifest",
-            str(dev_model),
+            str(model_copy),
             "--data-dir",
             str(data_dir),
             "--limit",
@@ -56,7 +55,7 @@ def test_evaluate_writes_consistent_reports_and_metrics(
     assert rc == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and "macro F1" in out
-    folder, name = dev_model.parent, dev_model.stem
+    folder, name = model_copy.parent, model_copy.stem
     report = json.loads((folder / f"{name}.eval.json").read_text())
     assert {"name", "version", "task", "model", "sha256", "runtime", "measured_on", "test"} <= set(
         report
@@ -75,7 +74,7 @@ def test_evaluate_writes_consistent_reports_and_metrics(
     assert test["accuracy"] == pytest.approx(np.trace(cm) / 200)
     # Per-class figures follow from the matrix: recall is the diagonal over the row sum,
     # precision the diagonal over the column sum, F1 their harmonic mean.
-    labels = load_manifest(dev_model).labels
+    labels = load_manifest(model_copy).labels
     assert [c["label"] for c in test["per_class"]] == labels
     for i, c in enumerate(test["per_class"]):
         row, col = cm[i].sum(), cm[:, i].sum()
@@ -91,7 +90,7 @@ def test_evaluate_writes_consistent_reports_and_metrics(
         assert t != p and cm[t, p] == conf["count"]
     # The matrix is what the device's classifier says about the first 200 test images.
     x, y = load_test_images(task, data_dir)
-    probs, _ = Classifier(dev_model).predict_batch(x[:200])
+    probs, _ = Classifier(model_copy).predict_batch(x[:200])
     expected = np.zeros_like(cm)
     np.add.at(expected, (y[:200], probs.argmax(axis=1)), 1)
     np.testing.assert_array_equal(cm, expected)
@@ -102,7 +101,7 @@ def test_evaluate_writes_consistent_reports_and_metrics(
     assert "| class | precision | recall | F1 | support |" in md
     assert f"![confusion matrix]({name}.confusion.png)" in md
     # Headline metrics in the manifest, which still verifies against its model file.
-    manifest = load_manifest(dev_model, verify=True)
+    manifest = load_manifest(model_copy, verify=True)
     assert manifest.metrics["test_accuracy"] == pytest.approx(test["accuracy"], abs=1e-6)
     assert manifest.metrics["macro_f1"] == pytest.approx(test["macro_f1"], abs=1e-6)
     assert manifest.metrics["n"] == 200
@@ -119,11 +118,11 @@ def test_evaluate_writes_consistent_reports_and_metrics(
     assert not list(folder.glob("*.tmp*"))
 
 
-@pytest.mark.parametrize("dev_model", ["characters"], indirect=True)
+@pytest.mark.parametrize("model_copy", ["characters"], indirect=True)
 def test_evaluate_refuses_a_model_of_the_other_task(
-    dev_model: Path, data_dir: Path, capsys
+    model_copy: Path, data_dir: Path, capsys
 ) -> None:
-    rc = main(["evaluate", "digits", "--manifest", str(dev_model), "--data-dir", str(data_dir)])
+    rc = main(["evaluate", "digits", "--manifest", str(model_copy), "--data-dir", str(data_dir)])
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("hwr-train: error:") and "'char' model" in err

@@ -16,6 +16,7 @@ from edge.models import load_models
 from edge.personal import Personaliser
 from hwrcore.preprocess import strokes_to_png
 from hwrcore.store import CorrectionStore
+from tests.models import require_models
 
 ROOT = Path(__file__).resolve().parent.parent
 SEVEN = [[[60.0, 50.0], [220.0, 50.0], [130.0, 240.0]]]
@@ -26,18 +27,13 @@ MARK = 137.913
 
 
 def edge_models() -> Path:
-    """The shipped models when there are some, else the untrained development models."""
-    shipped = ROOT / "models_export"
-    both = all((shipped / name).is_file() for name in ("digits.json", "characters.json"))
-    return shipped if both else ROOT / "build" / "dev-models"
+    """The shipped models (skips the test when models_export/ has none)."""
+    return require_models()
 
 
 @pytest.fixture(scope="module")
 def models():
-    d = edge_models()
-    if not (d / "digits.json").is_file():
-        pytest.skip(f"no models in {d} (build/dev-models or models_export/)")
-    return load_models(d)
+    return load_models(edge_models())
 
 
 @pytest.fixture
