@@ -30,10 +30,11 @@ RULES = ("geometric", "mixture")
 class PersonalOptions:
     """Parameters of the kNN vote and of its combination with the model."""
 
-    k: int = 5  # neighbours that vote
-    threshold: float = 0.9  # cosine similarity a correction needs to vote at all
-    weight: float = 0.75  # the vote's weight when the top neighbour is identical (similarity 1)
-    eps: float = 0.01  # floor added to both distributions so neither can veto a class outright
+    # Defaults calibrated by bench/personalise.py on the digit model 1.0.0 (see bench/README.md).
+    k: int = 3  # neighbours that vote
+    threshold: float = 0.8  # cosine similarity a correction needs to vote at all
+    weight: float = 0.5  # the vote's weight when the top neighbour is identical (similarity 1)
+    eps: float = 0.001  # floor added to both distributions so neither can veto a class outright
     rule: str = "geometric"  # 'geometric': p^(1-g) * q^g; 'mixture': (1-g) p + g q
     cap: int = 2000  # corrections kept; the oldest go first
 
@@ -142,7 +143,7 @@ def combine(
 class Personaliser:
     """Cosine kNN over a device's corrections, combined with the model; thread-safe and bounded."""
 
-    def __init__(self, labels: list[str], *, k: int = 5, **opts: object):
+    def __init__(self, labels: list[str], *, k: int = PersonalOptions.k, **opts: object):
         self.labels = list(labels)
         if not self.labels:
             raise ValueError("a Personaliser needs the model's labels")

@@ -257,14 +257,17 @@ def test_top_neighbours_and_combine_shapes() -> None:
 
 
 def test_real_writer_corrections_do_not_hurt_that_writer(models_dir, data_dir) -> None:
-    """With the shipped digit model: a pendigits test writer's own corrections never cost them."""
+    """With the shipped digit model: a pendigits test writer's own corrections never cost them.
+
+    Writer 13 is the one the shipped model reads worst, so the corrections have work to do.
+    """
     from edge.classifier import Classifier
     from hwrcore.preprocess import strokes_to_input
     from trainer.data import load_pendigits
 
     clf = Classifier(models_dir / "digits.json")
     style = clf.manifest.style
-    samples = [s for s in load_pendigits(data_dir, "test") if s.writer == 3]
+    samples = [s for s in load_pendigits(data_dir, "test") if s.writer == 13]
     pers = Personaliser(clf.labels)
     seen: dict[int, int] = {}
     held_out = []
