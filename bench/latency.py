@@ -50,10 +50,29 @@ TARGETS = {  # name -> (limit, unit); all "at most"
 }
 
 
-def default_models_dir() -> Path:
-    """The shipped models, else the untrained development ones."""
+def default_models_dir(workdir: Path) -> Path:
+    """The shipped models; where one is not shipped yet, a folder that fills in the development one."""
     shipped = ROOT / "models_export"
-    return shipped if (shipped / "digits.json").is_file() else ROOT / "build" / "dev-models"
+    names = ("digits", "characters")
+    if all((shipped / f"{n}.json").is_file() for n in names):
+        return shipped
+    mixed = workdir / "models"
+    mixed.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        src = shipped if (shipped / f"{n}.json").is_file() else ROOT / "build" / "dev-models"
+        manifest = json.loads((src / f"{n}.json").read_text())
+        for f in (f"{n}.json", manifest["file"]):
+            shutil.copy2(src / f, mixed / f)
+    return mixed
+
+
+def model_versions(models_dir: Path) -> str:
+    """'digits 1.0.0, characters 0.0.0-dev' from the manifests."""
+    out = []
+    for n in ("digits", "characters"):
+        m = json.loads((models_dir / f"{n}.json").read_text())
+        out.append(f"{m['name']} {m['version']}")
+    return ", ".join(out)
 
 
 def canvas_strokes(data_dir: str | None, limit: int) -> list[tuple[list, int]]:
@@ -439,7 +458,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--in-process", action="store_true", help="time the pieces without a server")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
-    args.models_dir = args.models_dir or default_models_dir()
     args.n_png = args.n if args.n_png is None else args.n_png
     return args
 
@@ -452,17 +470,22 @@ def main(argv: list[str] | None = None) -> int:
         "n": args.n,
         "warmup": args.warmup,
     }
-    if args.in_process:
-        result = run_in_process(args)
-        table = table_in_process(result)
-    else:
-        result = run_server(args)
-        table = table_server(result)
-        result["targets"] = TARGETS
+    with tempfile.TemporaryDirectory(prefix="hwr-bench-models-") as tmp:
+        args.models_dir = args.models_dir or default_models_dir(Path(tmp))
+        versions = model_versions(args.models_dir)
+        if args.in_process:
+            result = run_in_process(args)
+            table = table_in_process(result)
+        else:
+            result = run_server(args)
+            table = table_server(result)
+            result["targets"] = TARGETS
+    result["model_versions"] = versions
     result["machine"] = meta
     meta["loadavg_1m_after"] = os.getloadavg()[0]
     print(
-        f"models: {args.models_dir}; {meta['cpus']} CPUs, load average {meta['loadavg_1m']:.2f}\n"
+        f"models: {versions}; {meta['cpus']} CPUs, load average {meta['loadavg_1m']:.2f} "
+        f"(then {meta['loadavg_1m_after']:.2f})\n"
     )
     print(table)
     if args.out:
