@@ -50,6 +50,10 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family in (socket.AF_INET, socket.AF_INET6):
+            # Set before listen(): connections accepted early inherit it, so no answer waits
+            # on Nagle's algorithm.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(addr)
         sock.listen(2048)
     except OSError:
@@ -158,9 +162,7 @@ def serve(config: EdgeConfig) -> int:
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
         ) from None
     print(f"hwr-edge: serving {url_of(sock)} (data in {config.data_dir})", flush=True)
-    # Import the app's modules here so the worker forks with them loaded and answers sooner.
-    from . import app as _app  # noqa: F401
-
+    # The app is imported in the worker only: the master stays small (it only supervises).
     server = EdgeServer(config, sock.detach())
     try:
         server.run()
