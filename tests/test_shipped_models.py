@@ -25,7 +25,8 @@ EXPECTED = {
 
 
 def _manifests(models_dir: Path) -> list[Path]:
-    paths = sorted(models_dir.glob("*.json"))
+    # A manifest sits beside its model; evaluation reports (*.eval.json) are not manifests.
+    paths = sorted(p for p in models_dir.glob("*.json") if p.with_suffix(".tflite").is_file())
     if not paths:
         pytest.skip(f"no model manifests in {models_dir}")
     return paths
