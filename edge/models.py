@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from hwrcore.errors import HwrError
 from hwrcore.manifest import Manifest, load_manifest
 
-from .classifier import Classifier, ClassifierOptions
+if TYPE_CHECKING:
+    from .classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,10 @@ def check_models(models_dir: str | Path) -> dict[str, Manifest]:
 
 def load_model(models_dir: str | Path, mode: str, threads: int = 1) -> LoadedModel:
     """Load one mode's model, check it against its manifest, and warm it with one inference."""
+    import numpy as np
+
+    from .classifier import Classifier, ClassifierOptions
+
     path = manifest_path(models_dir, mode)
     if not path.is_file():
         raise ModelLoadError(f"model manifest not found: {path}")

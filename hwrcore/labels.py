@@ -37,9 +37,7 @@ class LabelSet:
     def canonical(self, label: object) -> str:
         """The class a typed label belongs to ('o' -> 'O' for letters); InvalidLabel otherwise."""
         if not isinstance(label, str) or len(label) != 1:
-            raise InvalidLabel(
-                f"label must be a single character from {self.name}: got {label!r}"
-            )
+            raise InvalidLabel(f"label must be a single character from {self.name}: got {label!r}")
         if label in self.labels:
             return label
         if label.isalpha():
@@ -65,4 +63,6 @@ def label_set_for_mode(mode: object) -> LabelSet:
     try:
         return LABEL_SETS[mode]  # type: ignore[index]
     except (KeyError, TypeError):
-        raise InvalidLabel(f"mode must be 'digit' or 'char': got {mode!r}", code="invalid_mode") from None
+        raise InvalidLabel(
+            f"mode must be 'digit' or 'char': got {mode!r}", code="invalid_mode"
+        ) from None

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
-from .preprocess import STYLES
+from .styles import STYLES
 
 SCHEMA_VERSION = 1
 PIXELS = "float 0..1 before quantisation, white ink on black, upright"

@@ -19,13 +19,13 @@ import binascii
 import functools
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .errors import InvalidDrawing
+from .styles import STYLES, Style, get_style
 
 SIZE = 28
 SUPERSAMPLE = 4
@@ -38,35 +38,6 @@ MAX_PNG_BYTES = 2_000_000
 MAX_PNG_PIXELS = 4_000_000
 # A drawing whose ink spans less than this many canvas pixels in both directions is a dot.
 MIN_EXTENT = 2.0
-
-
-@dataclass(frozen=True)
-class Style:
-    """How the inputs of one training set were normalised."""
-
-    name: str
-    box: float  # side of the square the ink's longer side is fitted into, in output pixels
-    centre: str  # "mass" (centre of mass) or "box" (bounding-box centre)
-    width: float  # stroke width as a fraction of the drawing's longer side
-    blur: float  # Gaussian blur radius in output pixels (0: none)
-
-
-STYLES = {
-    "mnist": Style("mnist", box=20.0, centre="mass", width=0.11, blur=0.0),
-    "emnist": Style("emnist", box=24.0, centre="box", width=0.10, blur=0.5),
-}
-
-
-def get_style(style: str | Style) -> Style:
-    """A Style from its name ('mnist', 'emnist') or itself."""
-    if isinstance(style, Style):
-        return style
-    try:
-        return STYLES[style]
-    except KeyError:
-        raise ValueError(
-            f"unknown preprocessing style {style!r}; known: {sorted(STYLES)}"
-        ) from None
 
 
 def validate_strokes(strokes: object) -> list[np.ndarray]:
