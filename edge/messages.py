@@ -9,6 +9,7 @@ a correction by prediction id stores the drawing exactly as it was predicted.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -39,12 +40,17 @@ class Recent:
 
     mode: str
     image: np.ndarray  # (28, 28) float32 model input
-    strokes: list | None  # the validated strokes, or None for an image
+    strokes: str | None  # the validated strokes as compact JSON (nested lists cost ten times more)
     label: str
     confidence: float
     embedding: np.ndarray
     model_version: str
     correction: tuple[str, str] | None = None  # (correction id, label) once corrected
+
+
+def _compact(strokes: list | None) -> str | None:
+    """Strokes as compact JSON text, as a Recent keeps them."""
+    return None if strokes is None else json.dumps(strokes, separators=(",", ":"))
 
 
 class RecentPredictions:
@@ -191,7 +197,7 @@ def _predict(body: dict[str, Any], ctx: Context, t0: float) -> dict[str, Any]:
         Recent(
             mode=mode,
             image=image,
-            strokes=strokes,
+            strokes=_compact(strokes),
             label=top[0]["label"],
             confidence=top[0]["p"],
             embedding=np.asarray(embedding, dtype=np.float32),
@@ -239,7 +245,7 @@ def _correct(body: dict[str, Any], ctx: Context) -> dict[str, Any]:
         recent = Recent(
             mode=mode,
             image=image,
-            strokes=strokes,
+            strokes=_compact(strokes),
             label=model.labels[best],
             confidence=round(float(probs[best]), 6),
             embedding=np.asarray(embedding, dtype=np.float32),
@@ -271,7 +277,7 @@ def _store(ctx: Context, recent: Recent, label: str) -> str:
             id=str(uuid.uuid4()),
             label=label,
             image=recent.image,
-            strokes=recent.strokes,
+            strokes=None if recent.strokes is None else json.loads(recent.strokes),
             predicted=recent.label,
             confidence=recent.confidence,
             model_version=recent.model_version,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_predict_strokes(ctx, models, mode, strokes):
     reply = handle_message({"type": "predict", "seq": 4, "mode": mode, "strokes": strokes}, ctx)
     assert_prediction(reply, mode, models, seq=4)
     recent = ctx.recent.get(reply["id"])
-    assert recent.mode == mode and recent.strokes == strokes
+    assert recent.mode == mode and json.loads(recent.strokes) == strokes
     assert recent.image.shape == (28, 28) and recent.label == reply["label"]
 
 
