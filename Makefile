@@ -61,7 +61,7 @@ evaluate: install-all
 ## Latency, memory and personalisation figures for the README
 bench: install-all
 	$(BIN)/python bench/latency.py --models-dir $(MODELS_DIR) --out build/bench-latency.json
-	$(BIN)/python bench/personalise.py --models-dir $(MODELS_DIR) --data-dir $(DATA_DIR) --out build/bench-personalise.md
+	$(BIN)/python bench/personalise.py --model $(MODELS_DIR)/digits.json --data-dir $(DATA_DIR) --out build/bench-personalise.md
 
 clean:
 	rm -rf build/dev-models .pytest_cache .ruff_cache
