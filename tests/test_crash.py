@@ -29,14 +29,16 @@ pytestmark = pytest.mark.slow
 ROUNDS = 20  # kills of the store's writer process
 EDGE_ROUNDS = 20  # kills of hwr-edge
 
+# Far above what the rounds can add, so that eviction by the cap never removes what they check.
+CAP = 1_000_000
 # Adds corrections for ever, printing "add <id> <label>" once add() has returned, and now and then
 # marks the oldest pending ones synced, printing "synced <id> ..." once mark_synced() has returned.
 # A tiny compaction threshold makes kills land during compactions as well as during appends.
-WRITER = """
+WRITER = f"""
 import random, sys, time, uuid
 import numpy as np
 from hwrcore.store import Correction, CorrectionStore
-store = CorrectionStore(sys.argv[1], compact_every=int(sys.argv[2]))
+store = CorrectionStore(sys.argv[1], compact_every=int(sys.argv[2]), cap={CAP})
 rng = np.random.default_rng()
 print("open", flush=True)
 while True:
@@ -108,7 +110,7 @@ def test_store_survives_sigkill_at_random_moments(tmp_path: Path) -> None:
             assert all(got[i].label == label for i, label in added.items())
             assert all(got[i].synced for i in synced)
     assert len(added) > 100, "too few corrections were acknowledged to prove anything"
-    with CorrectionStore(path) as store:
+    with CorrectionStore(path, cap=CAP) as store:
         assert {c.id for c in store.all()} >= set(added)
         assert all(store.get(i).label == label for i, label in added.items())  # type: ignore[union-attr]
         assert all(store.get(i).synced for i in synced)  # type: ignore[union-attr]
