@@ -11,7 +11,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import h5py
 import pytest
 
 from hwrcore.store import CorrectionStore, read_store, scan_journal
+from tests.browser_helpers import free_port
 from tests.models import require_models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,12 +143,6 @@ def models(tmp_path: Path) -> Path:
     dst = tmp_path / "models"
     shutil.copytree(require_models(), dst)
     return dst
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def digit_strokes(rnd: random.Random) -> list[list[list[float]]]:

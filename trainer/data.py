@@ -178,3 +178,14 @@ def load_pendigits(data_dir: str | os.PathLike | None, split: str) -> list[PenSa
     if not samples:
         raise DataError(f"{path} holds no pendigits samples")
     return samples
+
+
+def load_task(
+    task: str, data_dir: str | os.PathLike | None, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A task's images (n, 28, 28) uint8 and labels: MNIST for digits, EMNIST letters for characters."""
+    if task == "digits":
+        return load_mnist(data_dir, split)
+    if task == "characters":
+        return load_emnist(data_dir, split, "letters")
+    raise ValueError(f"task must be 'digits' or 'characters': got {task!r}")

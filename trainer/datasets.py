@@ -135,10 +135,3 @@ def characters_data(cfg, cache: Path) -> dict[str, Split]:
     x, y = load_emnist(root, "train", "letters")
     tr, va = _holdout(len(x), cfg.val_size, cfg.seed)
     return {"train": Split(x[tr], y[tr]), "val": Split(x[va], y[va])}
-
-
-def test_split(task: str, data_dir) -> Split:
-    """The test split of a task's benchmark: MNIST test, or the EMNIST letters test."""
-    if task == "digits":
-        return Split(*load_mnist(data_dir, "test"))
-    return Split(*load_emnist(data_dir, "test", "letters"))

@@ -23,7 +23,7 @@ import numpy as np
 from hwrcore.manifest import load_manifest
 from hwrcore.preprocess import strokes_to_input
 
-from .data import load_emnist, load_mnist, load_pendigits
+from .data import load_pendigits, load_task
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,7 @@ def load_test_images(
     task: str, data_dir: str | os.PathLike | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The benchmark test split of a task as float 0..1 images (n, 28, 28) and labels (n,)."""
-    if task == "digits":
-        x, y = load_mnist(data_dir, "test")
-    elif task == "characters":
-        x, y = load_emnist(data_dir, "test", "letters")
-    else:
-        raise ValueError(f"task must be 'digits' or 'characters': got {task!r}")
+    x, y = load_task(task, data_dir, "test")
     return x.astype(np.float32) / 255.0, y
 
 
@@ -337,12 +332,7 @@ def export_with_agreement(
     """
     from .export import agreement, export
 
-    if task == "digits":
-        train_x, _ = load_mnist(data_dir, "train")
-    elif task == "characters":
-        train_x, _ = load_emnist(data_dir, "train", "letters")
-    else:
-        raise ValueError(f"task must be 'digits' or 'characters': got {task!r}")
+    train_x, _ = load_task(task, data_dir, "train")
     pick = np.random.default_rng(0).choice(len(train_x), REPRESENTATIVE_SIZE, replace=False)
     representative = train_x[np.sort(pick)].astype(np.float32) / 255.0
     model_path = Path(model_path)
