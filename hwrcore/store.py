@@ -32,8 +32,7 @@ File attributes: ``schema_version``, ``kind`` ("hwr-corrections"), ``journal_seq
 The snapshot lags the journal by at most ``compact_every`` records; ``read_store`` (or a
 ``CorrectionStore``) gives the complete set.
 
-Journal record: magic ``b"HWJ1"``, payload length (u32), sequence number (u64), CRC32 of those
-16 bytes and the payload (u32), all little-endian, then the payload: UTF-8 JSON with ``op``
+Journal records (framing in ``hwrcore.journal``): a checksummed UTF-8 JSON payload with ``op``
 "add" (a whole correction, arrays base64), "synced" (ids) or "drop" (ids evicted over the cap).
 A record with a bad length or CRC (a torn write) is skipped; replay applies each sequence number
 once, in order, so replaying a record the snapshot already holds changes nothing.
@@ -48,11 +47,9 @@ import json
 import logging
 import math
 import os
-import struct
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from itertools import islice
@@ -63,17 +60,13 @@ import h5py
 import numpy as np
 
 from .errors import HwrError
+from .journal import JournalScan, encode_record, scan_journal
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 KIND = "hwr-corrections"
 IMAGE_SHAPE = (28, 28)
-MAGIC = b"HWJ1"
-_HEAD = struct.Struct("<4sIQ")
-_CRC = struct.Struct("<I")
-HEADER_SIZE = _HEAD.size + _CRC.size
-MAX_RECORD_BYTES = 16 << 20
 COMPACT_EVERY = 256
 COMPACT_BYTES = 8 << 20
 EVICTION_LOG_SECONDS = 60.0
@@ -243,59 +236,6 @@ def _row_from_payload(p: dict[str, Any]) -> _Row:
     )
 
 
-def encode_record(seq: int, payload: dict[str, Any]) -> bytes:
-    """One journal record: header, CRC32 over header and payload, JSON payload."""
-    body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    head = _HEAD.pack(MAGIC, len(body), seq)
-    return head + _CRC.pack(zlib.crc32(body, zlib.crc32(head))) + body
-
-
-@dataclass
-class JournalScan:
-    """What a journal file holds: its good records, and how many bytes were damaged or torn."""
-
-    records: list[tuple[int, dict[str, Any]]]
-    valid_end: int  # offset just past the last good record
-    skipped: int  # damaged bytes before a later good record
-    torn: int  # bytes after the last good record (a write cut short)
-
-
-def _parse_at(data: bytes, pos: int) -> tuple[int, dict[str, Any], int] | None:
-    magic, length, seq = _HEAD.unpack_from(data, pos)
-    end = pos + HEADER_SIZE + length
-    if magic != MAGIC or length > MAX_RECORD_BYTES or end > len(data):
-        return None
-    (crc,) = _CRC.unpack_from(data, pos + _HEAD.size)
-    body = data[pos + HEADER_SIZE : end]
-    if zlib.crc32(body, zlib.crc32(data[pos : pos + _HEAD.size])) != crc:
-        return None
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(payload, dict) or payload.get("op") not in _OPS:
-        return None
-    return seq, payload, end
-
-
-def scan_journal(data: bytes) -> JournalScan:
-    """Parse a journal, skipping damaged bytes up to the next record that checks out."""
-    records: list[tuple[int, dict[str, Any]]] = []
-    pos = valid_end = skipped = 0
-    while pos + HEADER_SIZE <= len(data):
-        rec = _parse_at(data, pos)
-        if rec is None:
-            pos = data.find(MAGIC, pos + 1)
-            if pos < 0:
-                break
-            continue
-        seq, payload, end = rec
-        skipped += pos - valid_end
-        records.append((seq, payload))
-        pos = valid_end = end
-    return JournalScan(records, valid_end, skipped, len(data) - valid_end)
-
-
 def write_snapshot(path: Path, rows: list[_Row], seq: int, *, fsync: bool = True) -> None:
     """Write every row to a new HDF5 file at ``path`` (a temporary name: renamed by the caller)."""
     n = len(rows)
@@ -440,8 +380,8 @@ def recover(path: str | Path) -> Recovery:
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
             error = error or f"{candidate.name}: {e}"
     state = {r.id: r for r in rows}
-    old = scan_journal(_read_bytes(_sibling(path, ".journal.old")))
-    live = scan_journal(_read_bytes(_sibling(path, ".journal")))
+    old = scan_journal(_read_bytes(_sibling(path, ".journal.old")), _OPS)
+    live = scan_journal(_read_bytes(_sibling(path, ".journal")), _OPS)
     if source == "new" and (old.records or live.records or error):
         source = "journal"
     records = dict(reversed(old.records + live.records))
@@ -617,7 +557,10 @@ class CorrectionStore:
 
     def _append(self, payloads: list[dict[str, Any]], *, background: bool = True) -> None:
         """Append records to the journal and make them durable; on failure, write nothing."""
-        data = b"".join(encode_record(self._seq + 1 + i, p) for i, p in enumerate(payloads))
+        try:
+            data = b"".join(encode_record(self._seq + 1 + i, p) for i, p in enumerate(payloads))
+        except ValueError as e:  # over the journal's record limit: refused before any write
+            raise InvalidCorrection(str(e)) from None
         start = self._journal_bytes
         try:
             _write_all(self._jfd, data)

@@ -20,7 +20,8 @@ from pathlib import Path
 import h5py
 import pytest
 
-from hwrcore.store import CorrectionStore, read_store, scan_journal
+from hwrcore.journal import scan_journal
+from hwrcore.store import CorrectionStore, read_store
 from tests.browser_helpers import free_port
 from tests.models import require_models
 

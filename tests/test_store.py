@@ -18,7 +18,9 @@ import h5py
 import numpy as np
 import pytest
 
+from hwrcore import journal as journal_module
 from hwrcore import store as store_module
+from hwrcore.journal import encode_record, scan_journal
 from hwrcore.store import (
     KIND,
     SCHEMA_VERSION,
@@ -28,7 +30,6 @@ from hwrcore.store import (
     StoreError,
     read_store,
     recover,
-    scan_journal,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -408,6 +409,30 @@ def test_an_invalid_correction_is_refused_and_nothing_is_written(path: Path, bad
         with pytest.raises(InvalidCorrection):
             store.add(make(0, **bad))
         assert len(store) == 0 and store.stats()["seq"] == seq
+
+
+def test_a_correction_over_the_journal_record_limit_is_refused_not_written_then_lost(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Replay skips a record over the limit, so writing one would lose it at the next open.
+    monkeypatch.setattr(journal_module, "MAX_RECORD_BYTES", 20_000)
+    kept = make(0)
+    with CorrectionStore(path, fsync=False) as store:
+        store.add(kept)
+        with pytest.raises(InvalidCorrection, match="limit"):
+            store.add(make(1, strokes=[[[i, i] for i in range(5_000)]]))
+        assert len(store) == 1 and store.stats()["seq"] == 1
+    assert [c.id for c in read_store(path)] == [kept.id]
+
+
+def test_the_journal_framing_round_trips_and_filters_unknown_operations() -> None:
+    records = [(1, {"op": "add", "x": 1}), (2, {"op": "rename", "x": 2}), (7, {"op": "drop"})]
+    data = b"".join(encode_record(seq, p) for seq, p in records)
+    assert scan_journal(data).records == records
+    only = scan_journal(data, ops=("add", "drop"))
+    assert only.records == [records[0], records[2]] and only.skipped > 0 and only.torn == 0
+    with pytest.raises(ValueError):
+        encode_record(3, {"op": "add", "x": float("nan")})
 
 
 def test_a_second_open_of_the_same_store_is_refused(path: Path) -> None:
