@@ -146,6 +146,9 @@ def test_repeated_correction_is_stored_once_and_a_change_is_refused(ctx):
 
 
 def test_corrections_personalise_later_predictions(ctx, models):
+    # A full-weight vote: the calibrated defaults may rightly keep a confident model's answer,
+    # and this checks the wiring from corrections to later predictions.
+    ctx.personalisers["digit"] = Personaliser(models["digit"].labels, weight=1.0)
     pred = handle_message({"type": "predict", "mode": "digit", "strokes": FOUR}, ctx)
     target = next(lab for lab in models["digit"].labels if lab != pred["label"])
     for _ in range(3):

@@ -26,6 +26,9 @@ def _add_train(sub) -> None:
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--init-from", help="a trained .keras model to fine-tune from")
     p.add_argument(
+        "--val-size", type=int, help="training images held out for validation (0: train on all)"
+    )
+    p.add_argument(
         "--no-mixed-precision", dest="mixed_precision", action="store_false", default=None
     )
 
@@ -48,6 +51,7 @@ def cmd_train(args) -> int:
         "mixed_precision",
         "warmup_epochs",
         "init_from",
+        "val_size",
     )
     cfg = load_config(args.task, args.config, {k: getattr(args, k) for k in keys})
     path = train(cfg)

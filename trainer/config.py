@@ -45,6 +45,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}: got {self.task!r}")
+        if self.val_size < 0:
+            raise ValueError(f"val_size must be 0 or more, got {self.val_size}")
         if not self.arch:
             self.arch = "paper-cnn" if self.task == "digits" else "paper-resnet"
         if not self.out_dir:

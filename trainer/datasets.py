@@ -99,7 +99,7 @@ def digits_data(cfg, cache: Path) -> dict[str, Split]:
     x, y = load_mnist(root, "train")
     tr, va = _holdout(len(x), cfg.val_size, cfg.seed)
     parts = [Split(x[tr], y[tr])]
-    out = {"val": Split(x[va], y[va])}
+    out = {"val": Split(x[va], y[va])} if len(va) else {}
     pen = load_pendigits(root, "train")
     train_w, val_w = pendigits_writer_split(pen, cfg.pendigits_val_writers)
     pen_tr = [s for s in pen if s.writer in train_w]
@@ -134,4 +134,7 @@ def characters_data(cfg, cache: Path) -> dict[str, Split]:
     root = resolve_data_dir(cfg.data_dir or None)
     x, y = load_emnist(root, "train", "letters")
     tr, va = _holdout(len(x), cfg.val_size, cfg.seed)
-    return {"train": Split(x[tr], y[tr]), "val": Split(x[va], y[va])}
+    out = {"train": Split(x[tr], y[tr])}
+    if len(va):
+        out["val"] = Split(x[va], y[va])
+    return out

@@ -31,14 +31,26 @@ CANVAS = 280  # side of the edge's drawing canvas, in pixels
 # The share of the canvas a pupil's drawing typically spans (its longer side).
 CANVAS_FILL = 0.7
 TEST_SETS = {"digits": "MNIST test", "characters": "EMNIST ByMerge letters test"}
-TRAINING_DATA = {
-    "digits": "MNIST train (55,000; 5,000 held out for validation) and the pendigits training-file "
-    "writers' strokes rendered by hwrcore.preprocess (25 of 30 writers, each drawing once as drawn "
-    "and 3 times distorted; 5 writers held out for validation); augmented (shift, rotation, scale, "
-    "shear, stroke thickness)",
-    "characters": "EMNIST ByMerge train split of ../shared/data, the 37 letter classes (79,846; 5,000 "
-    "held out for validation); augmented (shift, rotation, scale, shear, stroke thickness)",
-}
+_AUGMENTED = "augmented (shift, rotation, scale, shear, stroke thickness)"
+_TRAIN_SIZE = {"digits": 60_000, "characters": 84_846}
+
+
+def training_data(task: str, config: dict[str, Any]) -> str:
+    """What a model was trained on, in words, from its saved training config."""
+    held = int(config.get("val_size", 5000))
+    used = _TRAIN_SIZE[task] - held
+    split = f"{used:,}; {held:,} held out for validation" if held else f"all {used:,}"
+    if task == "characters":
+        return f"EMNIST ByMerge train split, the 37 letter classes ({split}); {_AUGMENTED}"
+    n_val = int(config.get("pendigits_val_writers", 5))
+    return (
+        f"MNIST train ({split}) and the pendigits training-file writers' strokes rendered by "
+        f"hwrcore.preprocess ({30 - n_val} of 30 writers, each drawing once as drawn and "
+        f"{config.get('pendigits_variants', 3)} times distorted; {n_val} writers held out for "
+        f"validation); {_AUGMENTED}"
+    )
+
+
 REPRESENTATIVE_SIZE = 300
 AGREEMENT_SIZE = 1000
 
@@ -340,7 +352,7 @@ def export_with_agreement(
     config = model_path.parent / "config.json"
     if config.is_file():
         training = {"config": json.loads(config.read_text())}
-    training["data"] = TRAINING_DATA[task]
+    training["data"] = training_data(task, training.get("config", {}))
     history = model_path.parent / "validation.jsonl"
     if history.is_file():
         rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]

@@ -69,7 +69,12 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.limit:
         x, y = x[: cfg.limit], y[: cfg.limit]
     labels = label_set(cfg.task)
-    log.info("training on %d images, validating on %d", len(x), len(data["val"].x))
+    val_sets = {k: v for k, v in data.items() if k.startswith("val")}
+    log.info(
+        "training on %d images, validating on %s",
+        len(x),
+        ", ".join(f"{k} {len(v.x)}" for k, v in val_sets.items()) or "nothing",
+    )
     steps = max(1, len(x) // cfg.batch_size)
     if cfg.max_steps:
         steps = min(steps, cfg.max_steps)
@@ -95,7 +100,6 @@ def train(cfg: TrainConfig) -> Path:
         metrics=["sparse_categorical_accuracy"],
     )
     train_ds = make_dataset(tf, x, y, cfg, train=True)
-    val_sets = {k: v for k, v in data.items() if k.startswith("val")}
     callbacks = [
         keras.callbacks.BackupAndRestore(
             str(out / "backup"), save_freq="epoch", delete_checkpoint=False

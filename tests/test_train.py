@@ -1,0 +1,110 @@
+"""``hwr-train train``: the effective config is logged and saved, every epoch is checkpointed, and a
+run killed mid-way resumes from its last finished epoch instead of starting again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer.config import load_config
+from trainer.evaluate import training_data
+
+pytestmark = pytest.mark.tf
+
+HWR_TRAIN = Path(sys.executable).parent / "hwr-train"
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_killed_run_resumes_from_its_last_epoch(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [
+        *([str(HWR_TRAIN)] if HWR_TRAIN.exists() else [sys.executable, "-m", "trainer.cli"]),
+        "train",
+        "digits",
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(out),
+        "--epochs",
+        "3",
+        "--limit",
+        "384",
+        "--batch-size",
+        "64",
+        "--val-size",
+        "300",
+        "--threads",
+        "1",
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    log = tmp_path / "first.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    history = out / "validation.jsonl"
+    try:
+        deadline = time.monotonic() + 240
+        while not _rows(history) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _rows(history), f"no epoch finished; log:\n{log.read_text()[-3000:]}"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    first = [r["epoch"] for r in _rows(history)]
+    assert first[0] == 1 and not (out / "model.keras").exists()
+    assert "effective config" in log.read_text()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["epochs"] == 3 and saved["val_size"] == 300 and saved["limit"] == 384
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    epochs = [r["epoch"] for r in _rows(history)]
+    # Resumed: each epoch ran to its end once (a restart would log epoch 1 again).
+    assert epochs == [1, 2, 3], epochs
+    assert all(0.0 <= r["val"] <= 1.0 and 0.0 <= r["val_pendigits"] <= 1.0 for r in _rows(history))
+    assert (out / "model.keras").is_file() and json.loads((out / "labels.json").read_text())[
+        0
+    ] == "0"
+
+
+def test_val_size_zero_trains_on_the_whole_split_and_says_so(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    from trainer.train import train
+
+    cfg = load_config(
+        "digits",
+        overrides={
+            "val_size": 0,
+            "data_dir": str(data_dir),
+            "out_dir": str(tmp_path / "run"),
+            "epochs": 1,
+            "limit": 128,
+            "batch_size": 64,
+        },
+        environ={},
+    )
+    assert train(cfg).is_file()
+    # The MNIST slice is gone; the held-out pendigits writers still report.
+    assert set(_rows(tmp_path / "run" / "validation.jsonl")[0]) == {
+        "epoch",
+        "loss",
+        "val_pendigits",
+    }
+    text = training_data("digits", cfg.to_dict())
+    assert "MNIST train (all 60,000)" in text and "held out for validation);" in text
+    held = training_data("characters", load_config("characters", environ={}).to_dict())
+    assert "79,846; 5,000 held out" in held
+    with pytest.raises(ValueError, match="val_size"):
+        load_config("digits", overrides={"val_size": -1}, environ={})
