@@ -49,23 +49,34 @@ def store_path(data_dir: str | Path, mode: str) -> Path:
 
 
 def _personaliser(model: LoadedModel, store: CorrectionStore, cap: int) -> Personaliser:
-    """A personaliser for one mode, loaded with the embeddings of the stored corrections."""
+    """A personaliser for one mode, loaded with the newest ``cap`` stored corrections.
+
+    A correction made under another model version carries that model's embedding, which means
+    nothing to this one: its stored model input is run through this model instead, so a model
+    update keeps what the device has learnt from its pupils.
+    """
     p = Personaliser(model.labels, cap=cap)
-    emb, labels = store.embeddings(model.manifest.version)
-    emb = np.asarray(emb, dtype=np.float32)
+    version = model.manifest.version
     dim = int(model.manifest.outputs["embedding"].shape[-1])
-    if len(emb) and (emb.ndim != 2 or emb.shape[1] != dim):
-        log.warning(
-            "stored %s embeddings have shape %s, the model gives %d values: not used",
-            model.mode,
-            emb.shape,
-            dim,
-        )
-        return p
-    names = [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(labels).tolist()]
-    if len(emb):
-        p.load(emb, names)
-    log.info("personalisation for %r: %d stored corrections", model.mode, len(p))
+    rows = store.all()[-cap:]
+    vectors: list[np.ndarray] = []
+    redone = 0
+    for c in rows:
+        emb = c.embedding
+        if c.model_version != version or emb is None or emb.shape != (dim,):
+            emb = model.classifier.predict(c.image).embedding
+            redone += 1
+        vectors.append(np.asarray(emb, dtype=np.float32).reshape(dim))
+    if vectors:
+        p.load(np.stack(vectors), [c.label for c in rows])
+    log.info(
+        "personalisation for %r: %d stored corrections (%d embedded again by %s %s)",
+        model.mode,
+        len(p),
+        redone,
+        model.manifest.name,
+        version,
+    )
     return p
 
 

@@ -9,16 +9,19 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from edge.app import close_app, create_app, store_path
 from edge.config import ConfigError, EdgeConfig, load_config
 from edge.models import ModelLoadError, check_models
-from hwrcore.preprocess import strokes_to_png
-from hwrcore.store import read_store
+from edge.personal import normalise_rows
+from hwrcore.preprocess import strokes_to_input, strokes_to_png
+from hwrcore.store import Correction, CorrectionStore, read_store
 from tests.models import require_models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -285,6 +288,48 @@ def test_restart_keeps_corrections_and_personalisation(config):
         ctx = again.extensions["hwr"]
         assert {c.id for c in ctx.stores["digit"].all()} == set(ids)
         assert len(ctx.personalisers["digit"]) == 2
+    finally:
+        close_app(again)
+
+
+def test_a_model_update_keeps_personalisation_by_embedding_old_corrections_again(config):
+    app = create_app(config)
+    model = app.extensions["hwr"].models["digit"]
+    version = model.manifest.version
+    close_app(app)
+    image = strokes_to_input(SEVEN, model.style)
+    rng = np.random.default_rng(0)
+    stale, current = rng.normal(size=(2, 128)).astype(np.float32)
+    with CorrectionStore(store_path(config.data_dir, "digit")) as store:
+        for label, emb, ver in (
+            ("7", stale, "0.0.1"),
+            ("1", None, version),
+            ("4", current, version),
+        ):
+            store.add(
+                Correction(
+                    id=str(uuid.uuid4()),
+                    label=label,
+                    image=image,
+                    strokes=SEVEN,
+                    predicted="7",
+                    confidence=0.9,
+                    model_version=ver,
+                    created=1.7e9,
+                    embedding=emb,
+                )
+            )
+    again = create_app(config)
+    try:
+        pers = again.extensions["hwr"].personalisers["digit"]
+        assert len(pers) == 3
+        fresh = normalise_rows(model.classifier.predict(image).embedding[None, :])[0]
+        rows = pers._emb[: len(pers)]  # what the vote compares against, oldest first
+        # The old version's vector and the missing one are the model's own for the stored input;
+        # a vector of this version is kept as it was stored.
+        np.testing.assert_allclose(rows[0], fresh, atol=1e-6)
+        np.testing.assert_allclose(rows[1], fresh, atol=1e-6)
+        np.testing.assert_allclose(rows[2], normalise_rows(current[None, :])[0], atol=1e-6)
     finally:
         close_app(again)
 
