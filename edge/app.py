@@ -58,7 +58,7 @@ def _personaliser(model: LoadedModel, store: CorrectionStore, cap: int) -> Perso
     p = Personaliser(model.labels, cap=cap)
     version = model.manifest.version
     dim = int(model.manifest.outputs["embedding"].shape[-1])
-    rows = store.all()[-cap:]
+    rows = store.newest(cap)
     vectors: list[np.ndarray] = []
     redone = 0
     for c in rows:

@@ -724,6 +724,12 @@ class CorrectionStore:
             rows = list(self._rows.values())
         return [r.correction() for r in rows]
 
+    def newest(self, n: int) -> list[Correction]:
+        """The ``n`` most recent corrections, oldest first, without copying the older ones."""
+        with self._lock:
+            rows = list(islice(reversed(self._rows.values()), max(0, n)))
+        return [r.correction() for r in reversed(rows)]
+
     def pending(self, limit: int | None = None) -> list[Correction]:
         """Corrections the server does not have yet, oldest first, at most ``limit``."""
         with self._lock:

@@ -152,6 +152,16 @@ def test_stored_arrays_are_copies_and_read_only(path: Path) -> None:
             got.image[0, 0] = 1.0
 
 
+def test_newest_gives_the_most_recent_oldest_first(path: Path) -> None:
+    with CorrectionStore(path, fsync=False) as store:
+        added = [make(i) for i in range(5)]
+        for c in added:
+            store.add(c)
+        assert [c.id for c in store.newest(3)] == [c.id for c in added[2:]]
+        assert [c.id for c in store.newest(10)] == [c.id for c in added]
+        assert store.newest(0) == []
+
+
 def test_adding_an_existing_id_is_a_no_op(path: Path) -> None:
     c = make(1)
     with CorrectionStore(path) as store:
