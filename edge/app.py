@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from flask import Flask
 
+from hwrcore.errors import HwrError
 from hwrcore.store import CorrectionStore
 
 from . import api, ws
@@ -51,29 +52,34 @@ def store_path(data_dir: str | Path, mode: str) -> Path:
 def _personaliser(model: LoadedModel, store: CorrectionStore, cap: int) -> Personaliser:
     """A personaliser for one mode, loaded with the newest ``cap`` stored corrections.
 
-    A correction made under another model version carries that model's embedding, which means
+    A correction embedded by another model version carries that model's embedding, which means
     nothing to this one: its stored model input is run through this model instead, so a model
-    update keeps what the device has learnt from its pupils.
+    update keeps what the device has learnt from its pupils. The new embeddings are written
+    back to the store, so only the first start after an update pays for them.
     """
     p = Personaliser(model.labels, cap=cap)
     version = model.manifest.version
     dim = int(model.manifest.outputs["embedding"].shape[-1])
     rows = store.newest(cap)
     vectors: list[np.ndarray] = []
-    redone = 0
+    redone: dict[str, np.ndarray] = {}
     for c in rows:
         emb = c.embedding
-        if c.model_version != version or emb is None or emb.shape != (dim,):
-            emb = model.classifier.predict(c.image).embedding
-            redone += 1
+        if c.embedded_by != version or emb is None or emb.shape != (dim,):
+            emb = redone[c.id] = model.classifier.predict(c.image).embedding
         vectors.append(np.asarray(emb, dtype=np.float32).reshape(dim))
     if vectors:
         p.load(np.stack(vectors), [c.label for c in rows])
+    if redone:
+        try:
+            store.set_embeddings(version, redone)
+        except HwrError as e:  # the personaliser has them; the next start computes them again
+            log.warning("could not keep the new embeddings of %r: %s", model.mode, e)
     log.info(
         "personalisation for %r: %d stored corrections (%d embedded again by %s %s)",
         model.mode,
         len(p),
-        redone,
+        len(redone),
         model.manifest.name,
         version,
     )

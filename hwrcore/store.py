@@ -28,12 +28,16 @@ first; every dataset has length n:
   updated        float64              unix time of its last change (added, marked synced)
   synced         bool                 whether the server has acknowledged it
   embedding      vlen float32         penultimate-layer embedding; empty when none
+  embedding_version  str              version of the model that made the embedding, when it is
+                                      not ``model_version`` (embedded again after a model
+                                      update); "" otherwise. Absent in older files: all ""
 File attributes: ``schema_version``, ``kind`` ("hwr-corrections"), ``journal_seq``, ``written``.
 The snapshot lags the journal by at most ``compact_every`` records; ``read_store`` (or a
 ``CorrectionStore``) gives the complete set.
 
 Journal records (framing in ``hwrcore.journal``): a checksummed UTF-8 JSON payload with ``op``
-"add" (a whole correction, arrays base64), "synced" (ids) or "drop" (ids evicted over the cap).
+"add" (a whole correction, arrays base64), "synced" (ids), "drop" (ids evicted over the cap) or
+"embedded" (embeddings made again by another model version, ``[[id, base64], ...]``).
 A record with a bad length or CRC (a torn write) is skipped; replay applies each sequence number
 once, in order, so replaying a record the snapshot already holds changes nothing.
 """
@@ -70,7 +74,8 @@ IMAGE_SHAPE = (28, 28)
 COMPACT_EVERY = 256
 COMPACT_BYTES = 8 << 20
 EVICTION_LOG_SECONDS = 60.0
-_OPS = ("add", "synced", "drop")
+_OPS = ("add", "synced", "drop", "embedded")
+EMBEDDED_PER_RECORD = 1000
 _datasync = getattr(os, "fdatasync", os.fsync)
 
 
@@ -100,6 +105,12 @@ class Correction:
     created: float  # unix time
     embedding: np.ndarray | None = None  # float32 (d,) penultimate-layer embedding
     synced: bool = False
+    embedding_version: str | None = None  # the model that made ``embedding``: None = model_version
+
+    @property
+    def embedded_by(self) -> str:
+        """Version of the model whose embedding this correction carries."""
+        return self.embedding_version or self.model_version
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,7 @@ class _Row:
     updated: float
     synced: bool
     embedding: np.ndarray | None
+    embedding_version: str | None = None
 
     def correction(self) -> Correction:
         """The public form; its arrays are the row's own, read-only."""
@@ -131,6 +143,7 @@ class _Row:
             created=self.created,
             embedding=self.embedding,
             synced=self.synced,
+            embedding_version=self.embedding_version,
         )
 
 
@@ -162,6 +175,8 @@ def _row_from(c: Correction, updated: float) -> _Row:
         raise InvalidCorrection("predicted must be a string or None")
     if not isinstance(c.model_version, str):
         raise InvalidCorrection("model_version must be a string")
+    if c.embedding_version is not None and not isinstance(c.embedding_version, str):
+        raise InvalidCorrection("embedding_version must be a string or None")
     image = np.array(c.image, dtype=np.float32)
     if image.shape != IMAGE_SHAPE or not np.all(np.isfinite(image)):
         raise InvalidCorrection(f"image must be finite float {IMAGE_SHAPE}, got {image.shape}")
@@ -190,6 +205,7 @@ def _row_from(c: Correction, updated: float) -> _Row:
         updated=updated,
         synced=bool(c.synced),
         embedding=emb,
+        embedding_version=(c.embedding_version or None) if emb is not None else None,
     )
 
 
@@ -216,6 +232,7 @@ def _add_payload(row: _Row) -> dict[str, Any]:
         "updated": row.updated,
         "synced": row.synced,
         "embedding": None if row.embedding is None else _b64(row.embedding),
+        "embedding_version": row.embedding_version,
     }
 
 
@@ -233,6 +250,7 @@ def _row_from_payload(p: dict[str, Any]) -> _Row:
         updated=float(p["updated"]),
         synced=bool(p["synced"]),
         embedding=None if emb is None else _unb64(emb),
+        embedding_version=p.get("embedding_version") or None,
     )
 
 
@@ -275,6 +293,7 @@ def write_snapshot(path: Path, rows: list[_Row], seq: int, *, fsync: bool = True
         for i, r in enumerate(rows):
             emb[i] = r.embedding if r.embedding is not None else np.zeros(0, np.float32)
         f.create_dataset("embedding", data=emb, dtype=vlen)
+        strings("embedding_version", [r.embedding_version or "" for r in rows])
     if fsync:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -301,8 +320,11 @@ def read_snapshot(path: Path) -> tuple[list[_Row], int]:
         images = _frozen(np.asarray(f["image"][:], dtype=np.float32))
         num = {k: f[k][:] for k in ("confidence", "created", "updated", "synced")}
         emb = f["embedding"][:]
+        emb_version = (
+            f["embedding_version"].asstr()[:] if "embedding_version" in f else [""] * len(emb)
+        )
     n = len(cols["id"])
-    lengths = {len(v) for v in (*cols.values(), *num.values(), emb, images)}
+    lengths = {len(v) for v in (*cols.values(), *num.values(), emb, emb_version, images)}
     if lengths != {n} or images.shape[1:] != IMAGE_SHAPE or len(set(cols["id"])) != n:
         raise ValueError(f"{path.name}: datasets disagree in length or shape, or ids repeat")
     rows = []
@@ -322,6 +344,7 @@ def read_snapshot(path: Path) -> tuple[list[_Row], int]:
                 updated=float(num["updated"][i]),
                 synced=bool(num["synced"][i]),
                 embedding=_frozen(e) if e.size else None,
+                embedding_version=(str(emb_version[i]) or None) if e.size else None,
             )
         )
     return rows, seq
@@ -360,6 +383,12 @@ def _apply(rows: dict[str, _Row], p: dict[str, Any]) -> None:
             r = rows.get(i)
             if r is not None and not r.synced:
                 rows[i] = replace(r, synced=True, updated=float(p["t"]))
+    elif p["op"] == "embedded":
+        version = str(p["version"])
+        for i, vec in p["items"]:
+            r = rows.get(i)
+            if r is not None:
+                rows[i] = replace(r, embedding=_unb64(vec), embedding_version=version)
     else:
         for i in p["ids"]:
             rows.pop(i, None)
@@ -454,8 +483,6 @@ class CorrectionStore:
         self._evict_reported = {True: 0, False: 0}
         self._evict_logged = -math.inf
         self._last_compaction: dict[str, Any] | None = None
-        self._emb_cache: tuple[Any, tuple[np.ndarray, np.ndarray]] | None = None
-        self._version = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._take_lock(lock_timeout)
         try:
@@ -577,7 +604,6 @@ class CorrectionStore:
         self._seq += len(payloads)
         self._journal_bytes += len(data)
         self._journal_records += len(payloads)
-        self._version += 1
         # Rewriting the snapshot costs its size, so a big store waits for more records.
         threshold = max(self._next_compact, len(self._rows) // 4)
         due = self._journal_records >= threshold or self._journal_bytes >= COMPACT_BYTES
@@ -646,6 +672,41 @@ class CorrectionStore:
             for i in changed:
                 self._rows[i] = replace(self._rows[i], synced=True, updated=t)
             return len(changed)
+
+    def set_embeddings(self, version: str, vectors: dict[str, np.ndarray]) -> int:
+        """Keep embeddings that model ``version`` made again for stored corrections (durably).
+
+        After a model update the stored embeddings belong to the old model; keeping the new
+        ones spares the next start from computing them again. Ids no longer stored are
+        skipped; returns how many rows changed.
+        """
+        if not isinstance(version, str) or not version:
+            raise InvalidCorrection("version must be a non-empty string")
+        clean: dict[str, np.ndarray] = {}
+        for i, v in vectors.items():
+            e = np.array(v, dtype=np.float32)
+            if e.ndim != 1 or e.size == 0 or not np.all(np.isfinite(e)):
+                raise InvalidCorrection(f"embedding must be a finite 1-D vector, got {e.shape}")
+            clean[i] = _frozen(e)
+        with self._lock:
+            self._check_open()
+            ids = [i for i in clean if i in self._rows]
+            if not ids:
+                return 0
+            payloads = [
+                {
+                    "op": "embedded",
+                    "version": version,
+                    "items": [[i, _b64(clean[i])] for i in ids[k : k + EMBEDDED_PER_RECORD]],
+                }
+                for k in range(0, len(ids), EMBEDDED_PER_RECORD)
+            ]
+            self._append(payloads)
+            for i in ids:
+                self._rows[i] = replace(
+                    self._rows[i], embedding=clean[i], embedding_version=version
+                )
+            return len(ids)
 
     # -- compaction ---------------------------------------------------------------------------
     def compact(self) -> None:
@@ -739,32 +800,6 @@ class CorrectionStore:
     def pending_count(self) -> int:
         with self._lock:
             return sum(1 for r in self._rows.values() if not r.synced)
-
-    def embeddings(self, model_version: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(n, d) float32 embeddings and their labels, from rows that have one.
-
-        Only rows of ``model_version`` when given; only rows of the newest embedding's size.
-        """
-        with self._lock:
-            key = (self._version, len(self._rows), model_version)
-            if self._emb_cache is not None and self._emb_cache[0] == key:
-                return self._emb_cache[1]
-            rows = [
-                r
-                for r in self._rows.values()
-                if r.embedding is not None
-                and (model_version is None or r.model_version == model_version)
-            ]
-        d = rows[-1].embedding.size if rows else 0  # type: ignore[union-attr]
-        rows = [r for r in rows if r.embedding.size == d]  # type: ignore[union-attr]
-        vecs = np.stack([r.embedding for r in rows]) if rows else np.zeros((0, d), np.float32)
-        result = (
-            _frozen(vecs.astype(np.float32)),
-            _frozen(np.array([r.label for r in rows], dtype=str)),
-        )
-        with self._lock:
-            self._emb_cache = (key, result)
-        return result
 
     def stats(self) -> dict[str, Any]:
         """Counts, sizes and the last recovery and compaction, for /healthz."""

@@ -292,7 +292,7 @@ def test_restart_keeps_corrections_and_personalisation(config):
         close_app(again)
 
 
-def test_a_model_update_keeps_personalisation_by_embedding_old_corrections_again(config):
+def test_a_model_update_keeps_personalisation_by_embedding_old_corrections_again(config, caplog):
     app = create_app(config)
     model = app.extensions["hwr"].models["digit"]
     version = model.manifest.version
@@ -332,6 +332,16 @@ def test_a_model_update_keeps_personalisation_by_embedding_old_corrections_again
         np.testing.assert_allclose(rows[2], normalise_rows(current[None, :])[0], atol=1e-6)
     finally:
         close_app(again)
+    # The new embeddings were kept: the store now says this version made all three, and the
+    # next start computes none of them again.
+    stored = read_store(store_path(config.data_dir, "digit"))
+    assert [c.embedded_by for c in stored] == [version] * 3
+    assert [c.model_version for c in stored] == ["0.0.1", version, version]
+    np.testing.assert_allclose(normalise_rows(stored[0].embedding[None, :])[0], fresh, atol=1e-6)
+    with caplog.at_level(logging.INFO, logger="edge.app"):
+        third = create_app(config)
+    close_app(third)
+    assert "3 stored corrections (0 embedded again" in caplog.text
 
 
 def test_missing_or_damaged_models_name_the_file(tmp_path, models_path):

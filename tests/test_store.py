@@ -45,6 +45,7 @@ DATASETS = {
     "updated",
     "synced",
     "embedding",
+    "embedding_version",
 }
 
 # Adds corrections with the given ids and dies (SIGKILL) without closing: a power cut after the
@@ -98,6 +99,7 @@ def assert_same(got: Correction | None, want: Correction, synced: bool | None = 
     else:
         assert got.embedding is not None and np.array_equal(got.embedding, want.embedding)
     assert got.synced == (want.synced if synced is None else synced)
+    assert got.embedded_by == want.embedded_by
 
 
 def kill_after_adding(path: Path, n: int) -> list[str]:
@@ -120,7 +122,11 @@ def path(tmp_path: Path) -> Path:
 
 
 def test_every_field_round_trips_in_memory_after_reopen_and_in_h5py(path: Path) -> None:
-    items = [make(0), make(1, strokes=None, predicted=None, confidence=None, embedding=None)]
+    items = [
+        make(0),
+        make(1, strokes=None, predicted=None, confidence=None, embedding=None),
+        make(2, embedding_version="7.0.0"),
+    ]
     with CorrectionStore(path) as store:
         for c in items:
             store.add(c)
@@ -139,6 +145,7 @@ def test_every_field_round_trips_in_memory_after_reopen_and_in_h5py(path: Path) 
         assert f["predicted"].asstr()[1] == "" and math.isnan(f["confidence"][1])
         assert np.array_equal(f["embedding"][0], items[0].embedding)
         assert f["embedding"][1].size == 0
+        assert list(f["embedding_version"].asstr()[:]) == ["", "", "7.0.0"]
 
 
 def test_stored_arrays_are_copies_and_read_only(path: Path) -> None:
@@ -349,8 +356,7 @@ def test_an_empty_store_has_a_readable_snapshot_from_the_start(path: Path) -> No
         with h5py.File(path, "r") as f:
             assert f["image"].shape == (0, 28, 28) and len(f["embedding"]) == 0
         assert len(store) == 0 and store.pending() == [] and store.pending_count() == 0
-        vecs, labels = store.embeddings()
-        assert vecs.shape[0] == 0 and labels.shape == (0,)
+        assert store.newest(10) == []
     finally:
         store.close()
 
@@ -384,18 +390,60 @@ def test_concurrent_adds_from_threads_lose_nothing(path: Path) -> None:
         assert set(f["id"].asstr()[:]) == want
 
 
-def test_embeddings_returns_only_rows_with_one_filtered_by_model_version(path: Path) -> None:
-    with CorrectionStore(path, fsync=False) as store:
-        a, b, c = make(0), make(1, embedding=None), make(2)
-        d = make(3, model_version=c.model_version, embedding=np.ones(8, np.float32))
-        for x in (a, b, c, d):
+def test_embeddings_made_again_by_a_new_model_survive_a_kill_and_compaction(path: Path) -> None:
+    a, b, c = make(0), make(1, embedding=None), make(2)
+    gone = str(uuid.uuid4())
+    new = {x.id: np.full(8, i + 0.5, np.float32) for i, x in enumerate((a, b))}
+    store = CorrectionStore(path, fsync=False, compact_every=100_000)
+    for x in (a, b, c):
+        store.add(x)
+    assert store.set_embeddings("9.9.9", {**new, gone: np.ones(8, np.float32)}) == 2
+    # Not closed: the change lives in the journal alone, as after a power cut.
+    state = {x.id: x for x in read_store(path)}
+    store.close()
+    for got in (state, {x.id: x for x in read_store(path)}):  # journal replay, then snapshot
+        for x in (a, b):
+            assert got[x.id].embedded_by == "9.9.9" and got[x.id].model_version == x.model_version
+            assert np.array_equal(got[x.id].embedding, new[x.id])
+        assert got[c.id].embedded_by == c.model_version
+        assert np.array_equal(got[c.id].embedding, c.embedding)
+        assert gone not in got
+    with h5py.File(path, "r") as f:
+        assert list(f["embedding_version"].asstr()[:]) == ["9.9.9", "9.9.9", ""]
+
+
+def test_set_embeddings_splits_large_batches_and_refuses_bad_vectors(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "EMBEDDED_PER_RECORD", 2)
+    with CorrectionStore(path, fsync=False, compact_every=100_000) as store:
+        items = [make(i) for i in range(5)]
+        for x in items:
             store.add(x)
-        vecs, labels = store.embeddings(model_version=a.model_version)
-        assert vecs.shape == (1, 16) and vecs.dtype == np.float32 and list(labels) == [a.label]
-        assert np.array_equal(vecs[0], a.embedding)
-        # Without a version: only rows of the newest embedding's size.
-        vecs, labels = store.embeddings()
-        assert vecs.shape == (1, 8) and list(labels) == [d.label]
+        seq = store.stats()["seq"]
+        vecs = {x.id: np.full(4, i, np.float32) for i, x in enumerate(items)}
+        assert store.set_embeddings("2.0.0", vecs) == 5
+        assert store.stats()["seq"] == seq + 3
+        for bad in (np.zeros((2, 2), np.float32), np.array([np.nan], np.float32)):
+            with pytest.raises(InvalidCorrection):
+                store.set_embeddings("2.0.1", {items[0].id: bad})
+        with pytest.raises(InvalidCorrection):
+            store.set_embeddings("", vecs)
+        assert store.stats()["seq"] == seq + 3
+        assert all(x.embedded_by == "2.0.0" for x in store.all())
+
+
+def test_a_snapshot_without_embedding_versions_reads_as_embedded_by_its_model(
+    path: Path,
+) -> None:
+    a = make(0)
+    with CorrectionStore(path) as store:
+        store.add(a)
+    with h5py.File(path, "a") as f:  # a file written before the dataset existed
+        del f["embedding_version"]
+    with CorrectionStore(path) as store:
+        assert_same(store.get(a.id), a)
+        assert store.get(a.id).embedded_by == a.model_version
 
 
 @pytest.mark.parametrize(

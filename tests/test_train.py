@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import load_config
+from trainer.data import load_pendigits, load_task
 from trainer.evaluate import training_data
 
 pytestmark = pytest.mark.tf
@@ -102,9 +103,13 @@ def test_val_size_zero_trains_on_the_whole_split_and_says_so(
         "loss",
         "val_pendigits",
     }
-    text = training_data("digits", cfg.to_dict())
-    assert "MNIST train (all 60,000)" in text and "held out for validation);" in text
-    held = training_data("characters", load_config("characters", environ={}).to_dict())
+    writers = len({s.writer for s in load_pendigits(data_dir, "train")})
+    text = training_data(
+        "digits", cfg.to_dict(), len(load_task("digits", data_dir, "train")[0]), writers
+    )
+    assert "MNIST train (all 60,000)" in text and "(25 of 30 writers" in text
+    assert "5 writers held out for validation);" in text
+    held = training_data("characters", load_config("characters", environ={}).to_dict(), 84_846)
     assert "79,846; 5,000 held out" in held
     with pytest.raises(ValueError, match="val_size"):
         load_config("digits", overrides={"val_size": -1}, environ={})

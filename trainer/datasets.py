@@ -88,18 +88,20 @@ def _cached(cache: Path, key: dict, build) -> Split:
     return split
 
 
-def _holdout(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    perm = np.random.default_rng(seed).permutation(n)
-    return perm[val_size:], perm[:val_size]
+def _holdout(x: np.ndarray, y: np.ndarray, val_size: int, seed: int) -> tuple[Split, Split | None]:
+    """A seeded random split into (train, validation); validation is None when ``val_size`` is 0."""
+    perm = np.random.default_rng(seed).permutation(len(x))
+    tr, va = perm[val_size:], perm[:val_size]
+    return Split(x[tr], y[tr]), (Split(x[va], y[va]) if len(va) else None)
 
 
 def digits_data(cfg, cache: Path) -> dict[str, Split]:
     """Train/validation splits for the digit model, and the named validation slices."""
     root = resolve_data_dir(cfg.data_dir or None)
     x, y = load_mnist(root, "train")
-    tr, va = _holdout(len(x), cfg.val_size, cfg.seed)
-    parts = [Split(x[tr], y[tr])]
-    out = {"val": Split(x[va], y[va])} if len(va) else {}
+    train, val = _holdout(x, y, cfg.val_size, cfg.seed)
+    parts = [train]
+    out = {"val": val} if val else {}
     pen = load_pendigits(root, "train")
     train_w, val_w = pendigits_writer_split(pen, cfg.pendigits_val_writers)
     pen_tr = [s for s in pen if s.writer in train_w]
@@ -133,8 +135,5 @@ def characters_data(cfg, cache: Path) -> dict[str, Split]:
     """Train/validation splits for the character model (37 ByMerge letter classes)."""
     root = resolve_data_dir(cfg.data_dir or None)
     x, y = load_emnist(root, "train", "letters")
-    tr, va = _holdout(len(x), cfg.val_size, cfg.seed)
-    out = {"train": Split(x[tr], y[tr])}
-    if len(va):
-        out["val"] = Split(x[va], y[va])
-    return out
+    train, val = _holdout(x, y, cfg.val_size, cfg.seed)
+    return {"train": train, "val": val} if val else {"train": train}

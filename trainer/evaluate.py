@@ -32,22 +32,29 @@ CANVAS = 280  # side of the edge's drawing canvas, in pixels
 CANVAS_FILL = 0.7
 TEST_SETS = {"digits": "MNIST test", "characters": "EMNIST ByMerge letters test"}
 _AUGMENTED = "augmented (shift, rotation, scale, shear, stroke thickness)"
-_TRAIN_SIZE = {"digits": 60_000, "characters": 84_846}
 
 
-def training_data(task: str, config: dict[str, Any]) -> str:
-    """What a model was trained on, in words, from its saved training config."""
+def training_data(
+    task: str, config: dict[str, Any], n_images: int, n_writers: int | None = None
+) -> str:
+    """What a model was trained on, in words, from its saved training config.
+
+    ``n_images``: the size of the task's training split; ``n_writers``: the number of
+    pendigits training-file writers (digits only).
+    """
     held = int(config.get("val_size", 5000))
-    used = _TRAIN_SIZE[task] - held
+    used = n_images - held
     split = f"{used:,}; {held:,} held out for validation" if held else f"all {used:,}"
     if task == "characters":
         return f"EMNIST ByMerge train split, the 37 letter classes ({split}); {_AUGMENTED}"
+    if n_writers is None:
+        raise ValueError("the digits' training data needs the number of pendigits writers")
     n_val = int(config.get("pendigits_val_writers", 5))
     return (
         f"MNIST train ({split}) and the pendigits training-file writers' strokes rendered by "
-        f"hwrcore.preprocess ({30 - n_val} of 30 writers, each drawing once as drawn and "
-        f"{config.get('pendigits_variants', 3)} times distorted; {n_val} writers held out for "
-        f"validation); {_AUGMENTED}"
+        f"hwrcore.preprocess ({n_writers - n_val} of {n_writers} writers, each drawing once as "
+        f"drawn and {config.get('pendigits_variants', 3)} times distorted; {n_val} writers held "
+        f"out for validation); {_AUGMENTED}"
     )
 
 
@@ -352,7 +359,10 @@ def export_with_agreement(
     config = model_path.parent / "config.json"
     if config.is_file():
         training = {"config": json.loads(config.read_text())}
-    training["data"] = training_data(task, training.get("config", {}))
+    writers = None
+    if task == "digits":
+        writers = len({s.writer for s in load_pendigits(data_dir, "train")})
+    training["data"] = training_data(task, training.get("config", {}), len(train_x), writers)
     history = model_path.parent / "validation.jsonl"
     if history.is_file():
         rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
