@@ -45,7 +45,7 @@ format: venv
 models: models-digits models-characters
 
 models-digits: install-all
-	$(BIN)/hwr-train train digits --data-dir $(DATA_DIR) --epochs 28
+	$(BIN)/hwr-train train digits --data-dir $(DATA_DIR) --epochs 28 --val-size 0
 	$(BIN)/hwr-train export digits --model build/digits/model.keras --data-dir $(DATA_DIR) --out $(MODELS_DIR)
 	$(BIN)/hwr-train evaluate digits --manifest $(MODELS_DIR)/digits.json --data-dir $(DATA_DIR)
 
