@@ -78,6 +78,13 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path: Path, data_dir: Path
         0
     ] == "0"
 
+    # The same folder with other settings is refused instead of resuming a different run.
+    other = [*cmd[:-2], "--threads", "2", "--epochs", "5"]
+    refused = subprocess.run(other, capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "epochs 3 -> 5" in refused.stderr and "threads" not in refused.stderr
+    assert json.loads((out / "config.json").read_text())["epochs"] == 3
+
 
 def test_val_size_zero_trains_on_the_whole_split_and_says_so(
     tmp_path: Path, data_dir: Path

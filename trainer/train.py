@@ -59,6 +59,7 @@ def train(cfg: TrainConfig) -> Path:
     """Train (resuming from the last epoch checkpoint if there is one); return the model path."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _check_resumable(out, cfg)
     cfg.save(out / "config.json")
     log.info("effective config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
     tf, keras = setup_tf(cfg)
@@ -115,6 +116,31 @@ def train(cfg: TrainConfig) -> Path:
     model.save(path)
     (out / "labels.json").write_text(json.dumps(list(labels.labels)) + "\n")
     return path
+
+
+# Settings that may change between an interrupted run and its resumption.
+_RESUME_FREE = ("threads", "out_dir", "data_dir")
+
+
+def _check_resumable(out: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a run in ``out`` that was started with other training settings.
+
+    Its epoch checkpoint would otherwise carry on (or silently end) a different run, e.g. a
+    smoke run of a few steps, and the model written would not be the one asked for.
+    """
+    saved_path = out / "config.json"
+    if not (out / "backup").exists() or not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
+    if changed:
+        diff = ", ".join(f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ValueError(
+            f"{out} holds an unfinished or finished run with other settings ({diff}); "
+            f"resume it with the same settings, or remove {out} (or pass another --out-dir) "
+            "to start again"
+        )
 
 
 def _smoothed_sparse_ce(keras, num_classes: int, smoothing: float):
