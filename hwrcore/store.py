@@ -161,6 +161,14 @@ def _finite(value: object, name: str) -> float:
     return f
 
 
+def _embedding(v: object) -> np.ndarray:
+    """A read-only float32 copy of an embedding; InvalidCorrection unless finite, 1-D, non-empty."""
+    e = np.array(v, dtype=np.float32)
+    if e.ndim != 1 or e.size == 0 or not np.all(np.isfinite(e)):
+        raise InvalidCorrection(f"embedding must be a finite 1-D vector, got {e.shape}")
+    return _frozen(e)
+
+
 def _row_from(c: Correction, updated: float) -> _Row:
     """Validate a correction and copy it into an immutable row."""
     try:
@@ -182,12 +190,7 @@ def _row_from(c: Correction, updated: float) -> _Row:
         raise InvalidCorrection(f"image must be finite float {IMAGE_SHAPE}, got {image.shape}")
     if image.min() < 0.0 or image.max() > 1.0:
         raise InvalidCorrection("image values must lie in 0..1")
-    emb = None
-    if c.embedding is not None:
-        emb = np.array(c.embedding, dtype=np.float32)
-        if emb.ndim != 1 or emb.size == 0 or not np.all(np.isfinite(emb)):
-            raise InvalidCorrection(f"embedding must be a finite 1-D vector, got {emb.shape}")
-        emb = _frozen(emb)
+    emb = None if c.embedding is None else _embedding(c.embedding)
     try:
         strokes = json.dumps(c.strokes, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -682,12 +685,7 @@ class CorrectionStore:
         """
         if not isinstance(version, str) or not version:
             raise InvalidCorrection("version must be a non-empty string")
-        clean: dict[str, np.ndarray] = {}
-        for i, v in vectors.items():
-            e = np.array(v, dtype=np.float32)
-            if e.ndim != 1 or e.size == 0 or not np.all(np.isfinite(e)):
-                raise InvalidCorrection(f"embedding must be a finite 1-D vector, got {e.shape}")
-            clean[i] = _frozen(e)
+        clean = {i: _embedding(v) for i, v in vectors.items()}
         with self._lock:
             self._check_open()
             ids = [i for i in clean if i in self._rows]
