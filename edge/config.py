@@ -17,6 +17,8 @@ from typing import Any
 from hwrcore.errors import HwrError
 
 ENV_PREFIX = "HWR_EDGE_"
+# Settings never written to the log or a flag.
+SECRET_FIELDS = ("sync_token",)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -62,6 +64,19 @@ class EdgeConfig:
         2  # interpreter threads per model (2 halves a digit prediction: 0.60 -> 0.35 ms)
     )
     log_level: str = "info"
+    # The school's sync server; with sync_url empty the device works offline only.
+    sync_url: str = ""  # e.g. http://school-server:8100
+    sync_token: str = ""  # the device token (environment or TOML; never a flag, never logged)
+    sync_token_file: str = ""  # a file holding the device token, instead of sync_token
+    sync_public_key: str = ""  # the server's Ed25519 public key (base64), pinned
+    sync_interval: float = 2.0  # seconds between looks for pending corrections
+    sync_batch: int = 100  # corrections per upload (the server takes at most 100)
+    sync_connect_timeout: float = 3.0  # seconds to connect to the server
+    sync_read_timeout: float = 15.0  # seconds to wait for an answer
+    sync_backoff_max: float = 60.0  # longest wait between failed attempts
+    heartbeat_interval: float = 30.0  # seconds between heartbeats
+    model_poll_interval: float = 30.0  # seconds between release checks when no notice socket
+    pending_limit: int = 10000  # pending corrections per mode before new ones are refused
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -76,21 +91,71 @@ class EdgeConfig:
         for name in ("correction_cap", "max_body_bytes", "ws_max_message_bytes", "ws_burst"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("recent_predictions", "threads", "model_threads"):
+        for name in (
+            "recent_predictions",
+            "threads",
+            "model_threads",
+            "sync_batch",
+            "pending_limit",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.ws_messages_per_second > 0:
             raise ConfigError(
                 f"ws_messages_per_second must be positive, got {self.ws_messages_per_second}"
             )
+        for name in (
+            "sync_interval",
+            "sync_connect_timeout",
+            "sync_read_timeout",
+            "sync_backoff_max",
+            "heartbeat_interval",
+            "model_poll_interval",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.sync_batch > 100:
+            raise ConfigError(
+                f"sync_batch must be at most 100 (the server's limit), got {self.sync_batch}"
+            )
+        if self.sync_url and not self.sync_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"sync_url must start with http:// or https://, got {self.sync_url!r}"
+            )
+        if self.sync_token and self.sync_token_file:
+            raise ConfigError("set sync_token or sync_token_file, not both")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"log_level must be debug/info/warning/error, got {self.log_level!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (paths as strings), for the start-up log and for tests."""
-        return {
-            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()
-        }
+        """Plain values (paths as strings, secrets masked), for the start-up log and for tests."""
+        out = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+        for secret in SECRET_FIELDS:
+            if out.get(secret):
+                out[secret] = "(set)"
+        return out
+
+    @property
+    def sync_enabled(self) -> bool:
+        """Whether a sync server is configured (its URL; the token and key are checked at start)."""
+        return bool(self.sync_url)
+
+    def device_token(self) -> str:
+        """The device token, from ``sync_token`` or the file ``sync_token_file``; ConfigError if unset."""
+        if self.sync_token:
+            return self.sync_token.strip()
+        if self.sync_token_file:
+            p = Path(self.sync_token_file).expanduser()
+            try:
+                token = p.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"sync_token_file {p} cannot be read: {exc.strerror or exc}"
+                ) from None
+            if token:
+                return token
+            raise ConfigError(f"sync_token_file {p} is empty")
+        raise ConfigError("sync_url is set but no device token: set sync_token or sync_token_file")
 
 
 _FIELDS = {f.name: f for f in fields(EdgeConfig)}
