@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -80,20 +80,65 @@ class RecentPredictions:
             return item
 
 
-@dataclass
-class Context:
-    """The long-lived state a message needs: models, stores, personalisers, recent predictions."""
+@dataclass(frozen=True)
+class Served:
+    """What one mode serves: a model and the personaliser built on its embeddings, as one value.
 
-    models: dict[str, LoadedModel]
-    stores: dict[str, CorrectionStore]
-    personalisers: dict[str, Personaliser]
-    recent: RecentPredictions
-    started: float = field(default_factory=time.monotonic)
-    closing: threading.Event = field(default_factory=threading.Event)
-    # One writer per store: a correction is checked, stored and remembered as one step.
-    write_locks: dict[str, threading.Lock] = field(
-        default_factory=lambda: {"digit": threading.Lock(), "char": threading.Lock()}
-    )
+    A request reads ``ctx.served[mode]`` once and uses only that pair, so a swap never mixes a
+    model with another model's personalisation, and a prediction in flight finishes on its pair.
+    """
+
+    model: LoadedModel
+    personaliser: Personaliser | None = None
+
+
+class Context:
+    """The long-lived state a message needs: what each mode serves, stores, recent predictions."""
+
+    def __init__(
+        self,
+        models: dict[str, LoadedModel],
+        stores: dict[str, CorrectionStore],
+        personalisers: dict[str, Personaliser],
+        recent: RecentPredictions,
+    ):
+        # Replaced as a whole under _swap_lock, never changed in place: one read sees one state.
+        self.served: dict[str, Served] = {
+            mode: Served(m, personalisers.get(mode)) for mode, m in models.items()
+        }
+        self.stores = stores
+        self.recent = recent
+        self.started = time.monotonic()
+        self.closing = threading.Event()
+        # One writer per store: a correction is checked, stored and remembered as one step.
+        self.write_locks: dict[str, threading.Lock] = {
+            "digit": threading.Lock(),
+            "char": threading.Lock(),
+        }
+        self.model_changed_at: float | None = None  # unix time of the last swap; None: none yet
+        # Set by the app when model delivery runs: an object with ``status() -> dict`` (healthz).
+        self.delivery: Any = None
+        self._swap_lock = threading.Lock()
+
+    @property
+    def models(self) -> dict[str, LoadedModel]:
+        """The models served now, by mode (a snapshot; a request reads ``served`` instead)."""
+        return {mode: s.model for mode, s in self.served.items()}
+
+    @property
+    def personalisers(self) -> dict[str, Personaliser]:
+        """The personalisers served now, by mode (a snapshot)."""
+        return {
+            mode: s.personaliser for mode, s in self.served.items() if s.personaliser is not None
+        }
+
+    def swap(self, mode: str, served: Served) -> Served | None:
+        """Serve ``served`` for ``mode`` from the next request on; returns what served before."""
+        with self._swap_lock:
+            old = self.served.get(mode)
+            self.served = {**self.served, mode: served}
+            self.model_changed_at = time.time()
+        return old
 
     def close(self) -> None:
         """Refuse new work and close the stores (each waits for its writer to finish)."""
@@ -143,8 +188,9 @@ def handle_message(msg: object, ctx: Context) -> dict[str, Any]:
         return protocol.error_message("internal", "the server failed to answer; it was logged", seq)
 
 
-def _model(ctx: Context, mode: str) -> LoadedModel:
-    return ctx.models[mode]
+def _served(ctx: Context, mode: str) -> Served:
+    """The mode's model and personaliser, read once for the whole request."""
+    return ctx.served[mode]
 
 
 def _drawing_input(body: dict[str, Any], model: LoadedModel) -> tuple[np.ndarray, list | None]:
@@ -170,13 +216,11 @@ def _canonical_label(label: str, mode: str, model: LoadedModel) -> str:
     return canon
 
 
-def _classify(
-    model: LoadedModel, ctx: Context, image: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, str]:
+def _classify(served: Served, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """Model probabilities, nudged by the device's corrections: (probs, embedding, source)."""
-    pred = model.classifier.predict(image)
+    pred = served.model.classifier.predict(image)
     probs = np.asarray(pred.probabilities, dtype=np.float32)
-    personaliser = ctx.personalisers.get(model.mode)
+    personaliser = served.personaliser
     source = "model"
     if personaliser is not None:
         probs, source = personaliser.decide(probs, pred.embedding)
@@ -185,9 +229,10 @@ def _classify(
 
 def _predict(body: dict[str, Any], ctx: Context, t0: float) -> dict[str, Any]:
     mode = protocol.get_mode(body)
-    model = _model(ctx, mode)
+    served = _served(ctx, mode)
+    model = served.model
     image, strokes = _drawing_input(body, model)
-    probs, embedding, source = _classify(model, ctx, image)
+    probs, embedding, source = _classify(served, image)
     labels = model.labels
     order = np.argsort(-probs, kind="stable")[:TOP_K]
     top = [{"label": labels[i], "p": round(float(probs[i]), 6)} for i in order]
@@ -233,14 +278,15 @@ def _correct(body: dict[str, Any], ctx: Context) -> dict[str, Any]:
                 f"mode does not match the prediction's mode {recent.mode!r}", code="invalid_mode"
             )
         mode = recent.mode
-        model = _model(ctx, mode)
+        model = _served(ctx, mode).model
         canon = _canonical_label(label, mode, model)
     else:
         mode = protocol.get_mode(body)
-        model = _model(ctx, mode)
+        served = _served(ctx, mode)
+        model = served.model
         canon = _canonical_label(label, mode, model)
         image, strokes = _drawing_input(body, model)
-        probs, embedding, _ = _classify(model, ctx, image)
+        probs, embedding, _ = _classify(served, image)
         best = int(np.argmax(probs))
         recent = Recent(
             mode=mode,
@@ -294,10 +340,17 @@ def _store(ctx: Context, recent: Recent, label: str) -> str:
             log.error("the store refused a %s correction: %s", recent.mode, exc)
             raise Internal("the correction could not be stored; it was logged") from None
         recent.correction = (correction.id, label)
-    personaliser = ctx.personalisers.get(recent.mode)
+        # Read under the writer's lock: a swap takes it too, and the new personaliser is given
+        # every correction stored before it, so each correction reaches exactly one of them.
+        served = _served(ctx, recent.mode)
+    personaliser = served.personaliser
     if personaliser is not None:
         try:
-            personaliser.add(recent.embedding, label)
+            embedding = recent.embedding
+            if served.model.manifest.version != recent.model_version:
+                # Predicted by the model served before a swap: embed it by the one serving now.
+                embedding = served.model.classifier.predict(recent.image).embedding
+            personaliser.add(embedding, label)
         except (HwrError, ValueError) as exc:
             # The correction is stored; only this session's personalisation misses it.
             log.error("personalisation could not take a %s correction: %s", recent.mode, exc)
@@ -313,7 +366,11 @@ def health(ctx: Context) -> dict[str, Any]:
     """Model versions and labels, store state and pending corrections, as /healthz answers."""
     return {
         "status": "ok",
-        "models": {mode: {**m.info, "labels": list(m.labels)} for mode, m in ctx.models.items()},
+        "models": {
+            mode: {**s.model.info, "labels": list(s.model.labels)} for mode, s in ctx.served.items()
+        },
+        "model_changed_at": ctx.model_changed_at,
+        "delivery": ctx.delivery.status() if ctx.delivery is not None else {"state": "off"},
         "corrections": {mode: _plain(store.stats()) for mode, store in ctx.stores.items()},
         "pending": pending_total(ctx),
         "uptime_s": round(time.monotonic() - ctx.started, 3),
@@ -333,4 +390,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["Context", "Recent", "RecentPredictions", "handle_message", "health", "pending_total"]
+__all__ = [
+    "Context",
+    "Recent",
+    "Served",
+    "RecentPredictions",
+    "handle_message",
+    "health",
+    "pending_total",
+]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge.app import store_path
-from edge.messages import Context, RecentPredictions, handle_message
+from edge.messages import Context, RecentPredictions, Served, handle_message
 from edge.models import load_models
 from edge.personal import Personaliser
 from hwrcore.preprocess import strokes_to_png
@@ -148,7 +148,7 @@ def test_repeated_correction_is_stored_once_and_a_change_is_refused(ctx):
 def test_corrections_personalise_later_predictions(ctx, models):
     # A full-weight vote: the calibrated defaults may rightly keep a confident model's answer,
     # and this checks the wiring from corrections to later predictions.
-    ctx.personalisers["digit"] = Personaliser(models["digit"].labels, weight=1.0)
+    ctx.swap("digit", Served(models["digit"], Personaliser(models["digit"].labels, weight=1.0)))
     pred = handle_message({"type": "predict", "mode": "digit", "strokes": FOUR}, ctx)
     target = next(lab for lab in models["digit"].labels if lab != pred["label"])
     for _ in range(3):
