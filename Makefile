@@ -6,7 +6,7 @@ DATA_DIR ?= ../shared/data
 MODELS_DIR ?= models_export
 ARGS ?=
 
-.PHONY: run test lint format models models-digits models-characters evaluate bench venv install-edge install-all browser clean
+.PHONY: run test lint format models models-digits models-characters evaluate bench venv install-edge install-all browser postgres clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +24,20 @@ install-all: venv
 run: install-edge
 	$(BIN)/hwr-edge --models-dir $(MODELS_DIR) $(ARGS)
 
-## Every test (installs what it needs: the venv with all extras, and Debian's chromium)
-test: install-all browser
+## Every test (installs what it needs: the venv with all extras, Debian's chromium and postgresql)
+test: install-all browser postgres
 	$(BIN)/pytest -q -p no:cacheprovider
 
 browser:
 	@test -x /usr/bin/chromium || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	  else echo "browser tests need Debian's chromium: sudo apt-get install chromium"; fi; }
+
+# The sync server's tests start a throw-away PostgreSQL cluster with initdb and pg_ctl.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	  else echo "the server's tests need Debian's postgresql: sudo apt-get install postgresql"; fi; }
 
 lint: venv
 	$(BIN)/ruff check .
