@@ -7,6 +7,10 @@ whole by compaction (a temporary file, fsync, rename, fsync of the directory) ev
 journal records that the snapshot does not hold yet, so a power cut at any moment loses nothing
 that was acknowledged.
 
+Bounds: over ``cap`` rows the oldest *synced* corrections are dropped; a pending one (not yet
+acknowledged by the school's server) is never dropped. With ``pending_limit`` pending rows,
+``add`` refuses a new correction (:class:`StoreFull`, code ``store_full``) and writes nothing.
+
 Files, for a store at ``custom_digits.h5``:
   custom_digits.h5              snapshot: every correction up to journal record ``journal_seq``
   custom_digits.h5.journal      write-ahead journal: the records after the snapshot
@@ -54,7 +58,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -74,6 +78,7 @@ IMAGE_SHAPE = (28, 28)
 COMPACT_EVERY = 256
 COMPACT_BYTES = 8 << 20
 EVICTION_LOG_SECONDS = 60.0
+PENDING_LIMIT = 10_000  # pending corrections a store holds before it refuses new ones
 _OPS = ("add", "synced", "drop", "embedded")
 EMBEDDED_PER_RECORD = 1000
 _datasync = getattr(os, "fdatasync", os.fsync)
@@ -83,6 +88,12 @@ class StoreError(HwrError):
     """The store cannot be opened or written (locked by another process, disk full, newer schema)."""
 
     code = "store_error"
+
+
+class StoreFull(StoreError):
+    """Too many corrections wait for the server: a new one is refused rather than an old one lost."""
+
+    code = "store_full"
 
 
 class InvalidCorrection(HwrError, ValueError):
@@ -145,6 +156,28 @@ class _Row:
             synced=self.synced,
             embedding_version=self.embedding_version,
         )
+
+
+@dataclass(frozen=True)
+class PendingItem:
+    """A correction not yet synced, in the form an upload sends (arrays base64, strokes JSON).
+
+    ``strokes`` is the stored compact JSON text (``"null"`` for a PNG drawing), so an upload
+    can place it in its body without parsing it again; ``embedding_version`` names the model
+    that made ``embedding`` (None when there is no embedding).
+    """
+
+    id: str
+    label: str
+    image: str  # base64 of the 784 little-endian float32 of the (28, 28) model input
+    strokes: str
+    predicted: str | None
+    confidence: float | None
+    model_version: str
+    created: float
+    updated: float
+    embedding: str | None
+    embedding_version: str | None
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -458,16 +491,20 @@ class CorrectionStore:
         path: str | Path,
         *,
         cap: int = 5000,
+        pending_limit: int = PENDING_LIMIT,
         fsync: bool = True,
         compact_every: int = COMPACT_EVERY,
         lock_timeout: float = 10.0,
     ):
-        if cap < 1 or compact_every < 1:
+        if cap < 1 or compact_every < 1 or pending_limit < 1:
             raise ValueError(
-                f"cap and compact_every must be at least 1, got {cap}, {compact_every}"
+                "cap, pending_limit and compact_every must be at least 1, "
+                f"got {cap}, {pending_limit}, {compact_every}"
             )
         self.path = Path(path)
         self.cap = cap
+        self.pending_limit = pending_limit
+        self._pending = 0  # rows not synced, kept as rows change so counting costs nothing
         self._fsync = fsync
         self._compact_every = compact_every
         self._next_compact = compact_every  # journal records that trigger a background compaction
@@ -482,8 +519,8 @@ class CorrectionStore:
         self._compacting = False
         self._closed = False
         self._jfd = -1
-        self._evicted = {True: 0, False: 0}  # evicted since opening, by synced
-        self._evict_reported = {True: 0, False: 0}
+        self._evicted = 0  # synced rows evicted over the cap since opening
+        self._evict_reported = 0  # of which the log has been told
         self._evict_logged = -math.inf
         self._last_compaction: dict[str, Any] | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -539,6 +576,7 @@ class CorrectionStore:
                 rec.missing,
             )
         self._rows = rec.rows
+        self._pending = sum(1 for r in self._rows.values() if not r.synced)
         self._seq = rec.seq
         self._recovery = {
             "source": rec.source,
@@ -618,48 +656,63 @@ class CorrectionStore:
             self._thread.start()
 
     def _eviction(self, incoming: int) -> list[str]:
-        """Ids to drop so that ``incoming`` more fit the cap: oldest synced, then oldest pending."""
+        """Ids to drop so that ``incoming`` more fit the cap: the oldest synced ones, never a
+        pending one (the store may then hold more than ``cap`` until they are synced)."""
         excess = len(self._rows) + incoming - self.cap
-        if excess <= 0:
+        if excess <= 0 or self._pending >= len(self._rows):
             return []
-        synced = list(islice((i for i, r in self._rows.items() if r.synced), excess))
-        pending = islice((i for i, r in self._rows.items() if not r.synced), excess - len(synced))
-        return synced + list(pending)
+        return list(islice((i for i, r in self._rows.items() if r.synced), excess))
 
     def _drop(self, ids: list[str]) -> None:
-        """Forget evicted rows; warn with counts, at most once a minute while it goes on."""
+        """Forget evicted (synced) rows; warn with the exact count, at most once a minute."""
         if not ids:
             return
         for i in ids:
-            self._evicted[self._rows.pop(i).synced] += 1
-        now = time.monotonic()
-        if now - self._evict_logged >= EVICTION_LOG_SECONDS:
-            n_synced, n_pending = (
-                self._evicted[True] - self._evict_reported[True],
-                self._evicted[False] - self._evict_reported[False],
-            )
-            log.warning(
-                "%s is over its cap of %d: dropped the %d oldest synced and %d oldest pending "
-                "corrections",
-                self.path.name,
-                self.cap,
-                n_synced,
-                n_pending,
-            )
-            self._evict_logged, self._evict_reported = now, dict(self._evicted)
+            row = self._rows.pop(i)
+            if not row.synced:  # _eviction never picks one; kept exact should that change
+                self._pending -= 1
+        self._evicted += len(ids)
+        if time.monotonic() - self._evict_logged >= EVICTION_LOG_SECONDS:
+            self._report_evictions()
+
+    def _report_evictions(self) -> None:
+        """Log the evictions not yet logged (also on close, so the log's counts add up)."""
+        n = self._evicted - self._evict_reported
+        if n <= 0:
+            return
+        log.warning(
+            "%s is over its cap of %d: dropped the %d oldest synced corrections "
+            "(%d since it was opened)",
+            self.path.name,
+            self.cap,
+            n,
+            self._evicted,
+        )
+        self._evict_logged, self._evict_reported = time.monotonic(), self._evicted
 
     def add(self, c: Correction) -> None:
-        """Store a correction; returns only when it is durable. An id already stored is a no-op."""
+        """Store a correction; returns only when it is durable. An id already stored is a no-op.
+
+        With ``pending_limit`` corrections waiting for the server a new pending one is refused
+        (StoreFull, nothing written): old ones are never dropped to make room.
+        """
         row = _row_from(c, time.time())
         with self._lock:
             self._check_open()
             if row.id in self._rows:
                 return
+            if not row.synced and self._pending >= self.pending_limit:
+                raise StoreFull(
+                    f"this device holds {self._pending} corrections not yet sent to the "
+                    "school's server; connect it to sync before adding more"
+                )
             drops = self._eviction(1)
             payloads = [_add_payload(row)] + ([{"op": "drop", "ids": drops}] if drops else [])
             self._append(payloads)
             self._drop(drops)
             self._rows[row.id] = row
+            if not row.synced:
+                self._pending += 1
 
     def mark_synced(self, ids: Iterable[str]) -> int:
         """Record that the server has these corrections (durably); returns how many changed."""
@@ -674,6 +727,7 @@ class CorrectionStore:
             self._append([{"op": "synced", "ids": changed, "t": t}])
             for i in changed:
                 self._rows[i] = replace(self._rows[i], synced=True, updated=t)
+            self._pending -= len(changed)
             return len(changed)
 
     def set_embeddings(self, version: str, vectors: dict[str, np.ndarray]) -> int:
@@ -795,9 +849,40 @@ class CorrectionStore:
             rows = [r for r in self._rows.values() if not r.synced]
         return [r.correction() for r in rows[:limit]]
 
-    def pending_count(self) -> int:
+    def pending_rows(self, limit: int, exclude: Collection[str] = ()) -> list[PendingItem]:
+        """Up to ``limit`` pending corrections, oldest first, skipping the ids in ``exclude``,
+        in upload form; the lock is held only to pick the rows, not to encode them."""
+        picked: list[_Row] = []
         with self._lock:
-            return sum(1 for r in self._rows.values() if not r.synced)
+            if self._pending and limit > 0:
+                for r in self._rows.values():
+                    if not r.synced and r.id not in exclude:
+                        picked.append(r)
+                        if len(picked) >= limit:
+                            break
+        return [
+            PendingItem(
+                id=r.id,
+                label=r.label,
+                image=_b64(r.image),
+                strokes=r.strokes,
+                predicted=r.predicted,
+                confidence=r.confidence,
+                model_version=r.model_version,
+                created=r.created,
+                updated=r.updated,
+                embedding=None if r.embedding is None else _b64(r.embedding),
+                embedding_version=None
+                if r.embedding is None
+                else (r.embedding_version or r.model_version),
+            )
+            for r in picked
+        ]
+
+    def pending_count(self) -> int:
+        """Corrections the server does not have yet."""
+        with self._lock:
+            return self._pending
 
     def stats(self) -> dict[str, Any]:
         """Counts, sizes and the last recovery and compaction, for /healthz."""
@@ -815,14 +900,15 @@ class CorrectionStore:
                     sizes[name] = 0
             return {
                 "count": len(self._rows),
-                "pending": sum(1 for r in self._rows.values() if not r.synced),
+                "pending": self._pending,
                 "cap": self.cap,
+                "pending_limit": self.pending_limit,
                 "path": str(self.path),
                 "bytes": sum(sizes.values()),
                 **sizes,
                 "journal_records": self._journal_records,
                 "seq": self._seq,
-                "evicted": {"synced": self._evicted[True], "pending": self._evicted[False]},
+                "evicted": {"synced": self._evicted, "pending": 0},
                 "recovered": dict(self._recovery),
                 "last_compaction": self._last_compaction,
                 "closed": self._closed,
@@ -851,6 +937,7 @@ class CorrectionStore:
                 with self._lock:
                     self._closed = True
                     self._release()
+                    self._report_evictions()
 
     def __enter__(self) -> CorrectionStore:
         return self

@@ -3,9 +3,11 @@ journals and snapshots are recovered from, and the HDF5 snapshot reads with plai
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from hwrcore.store import (
     CorrectionStore,
     InvalidCorrection,
     StoreError,
+    StoreFull,
     read_store,
     recover,
 )
@@ -203,36 +206,129 @@ def test_pending_is_oldest_first_and_mark_synced_is_durable(path: Path) -> None:
         assert f["updated"][0] >= f["updated"][1]
 
 
-def test_over_the_cap_the_oldest_synced_go_first_then_the_oldest_pending(
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def _dropped_in_log(caplog: pytest.LogCaptureFixture) -> int:
+    """The sum of the counts that the eviction warnings give."""
+    counts = [re.search(r"dropped the (\d+) oldest", w) for w in _warnings(caplog)]
+    return sum(int(m.group(1)) for m in counts if m)
+
+
+def test_over_the_cap_only_the_oldest_synced_go_and_a_pending_one_never(
     path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     items = [make(i) for i in range(9)]
-
-    def warnings() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-
-    with CorrectionStore(path, cap=5) as store:
-        for c in items[:5]:
-            store.add(c)
-        store.mark_synced([items[1].id, items[3].id])
-        with caplog.at_level(logging.WARNING, logger="hwrcore.store"):
+    with caplog.at_level(logging.WARNING, logger="hwrcore.store"):
+        with CorrectionStore(path, cap=5) as store:
+            for c in items[:5]:
+                store.add(c)
+            store.mark_synced([items[1].id, items[3].id])
             store.add(items[5])
             store.add(items[6])
             store.add(items[7])
-            # 1 and 3 (synced, oldest first), then 0 (the oldest pending).
-            assert [c.id for c in store.all()] == [items[i].id for i in (2, 4, 5, 6, 7)]
-            assert store.stats()["evicted"] == {"synced": 2, "pending": 1}
-            # One warning a minute at most, with the counts since the last one.
-            assert len(warnings()) == 1 and "1 oldest synced and 0 oldest pending" in warnings()[0]
+            # 1 and 3 (synced, oldest first); then every row is pending and the store grows.
+            assert [c.id for c in store.all()] == [items[i].id for i in (0, 2, 4, 5, 6, 7)]
+            assert store.stats()["evicted"] == {"synced": 2, "pending": 0}
+            assert store.pending_count() == 6
+            # One warning a minute at most: the first drop at once, the second one later.
+            assert (
+                len(_warnings(caplog)) == 1
+                and "dropped the 1 oldest synced" in _warnings(caplog)[0]
+            )
+            store.mark_synced([items[0].id, items[2].id])
             monkeypatch.setattr(store_module, "EVICTION_LOG_SECONDS", 0.0)
-            store.add(items[8])
-        assert "1 oldest synced and 2 oldest pending" in warnings()[-1]
-        assert not any("[[" in w or items[0].id in w for w in warnings())  # never the drawing
+            store.add(items[8])  # 7 rows would be 2 over the cap: both synced ones go
+            # The warning counts what the log was not told yet: 3 (1 earlier + these 2).
+            assert "dropped the 3 oldest synced corrections (4 since" in _warnings(caplog)[-1]
+            assert [c.id for c in store.all()] == [items[i].id for i in (4, 5, 6, 7, 8)]
+    assert _dropped_in_log(caplog) == 4
+    assert not any("[[" in w or items[0].id in w for w in _warnings(caplog))  # never the drawing
+    with CorrectionStore(path, cap=3) as store:  # a smaller cap on open drops no pending one
         assert [c.id for c in store.all()] == [items[i].id for i in (4, 5, 6, 7, 8)]
-    with CorrectionStore(path, cap=5) as store:
-        assert [c.id for c in store.all()] == [items[i].id for i in (4, 5, 6, 7, 8)]
-    with CorrectionStore(path, cap=3) as store:  # a smaller cap applies on open
+        store.mark_synced([items[4].id, items[5].id, items[6].id])
+    with CorrectionStore(path, cap=3) as store:
         assert [c.id for c in store.all()] == [items[i].id for i in (6, 7, 8)]
+
+
+def test_flooding_past_the_cap_evicts_only_synced_ones_and_the_log_counts_exactly(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    synced = [make(i) for i in range(10)]
+    flood = [make(100 + i) for i in range(25)]
+    with caplog.at_level(logging.WARNING, logger="hwrcore.store"):
+        with CorrectionStore(path, cap=10, fsync=False) as store:
+            for c in synced:
+                store.add(c)
+            store.mark_synced(c.id for c in synced)
+            for c in flood:
+                store.add(c)
+            assert [c.id for c in store.all()] == [c.id for c in flood]
+            assert store.pending_count() == 25 and store.stats()["evicted"]["synced"] == 10
+        # The first drop is logged at once, the other nine when the store closes.
+        assert len(_warnings(caplog)) == 2
+        assert _dropped_in_log(caplog) == 10
+    with CorrectionStore(path, cap=10) as store:
+        assert {c.id for c in store.pending()} == {c.id for c in flood}
+
+
+def test_the_pending_limit_refuses_a_new_correction_and_writes_nothing(path: Path) -> None:
+    items = [make(i) for i in range(5)]
+    with CorrectionStore(path, pending_limit=3) as store:
+        for c in items[:3]:
+            store.add(c)
+        seq, journal = store.stats()["seq"], path.with_name(path.name + ".journal").stat().st_size
+        with pytest.raises(StoreError) as exc:
+            store.add(items[3])
+        assert isinstance(exc.value, StoreFull) and exc.value.code == "store_full"
+        assert "3 corrections not yet sent to the school's server" in exc.value.message
+        assert "connect it to sync" in exc.value.message
+        assert store.stats()["seq"] == seq and store.get(items[3].id) is None
+        assert path.with_name(path.name + ".journal").stat().st_size == journal
+        store.add(items[0])  # a retry of a stored one is still a no-op, not an error
+        assert store.mark_synced([items[0].id]) == 1
+        store.add(items[3])  # room again once one is synced
+        with pytest.raises(StoreFull):
+            store.add(items[4])
+        assert store.stats()["pending_limit"] == 3
+    with CorrectionStore(path, pending_limit=3) as store:
+        assert [c.id for c in store.all()] == [c.id for c in items[:4]]
+        assert store.pending_count() == 3
+
+
+def test_pending_rows_give_the_upload_form_oldest_first_skipping_excluded(path: Path) -> None:
+    items = [make(i) for i in range(5)]
+    items[4] = make(4, embedding=None, strokes=None, predicted=None, confidence=None)
+    with CorrectionStore(path) as store:
+        for c in items:
+            store.add(c)
+        store.set_embeddings("digits-9", {items[1].id: np.ones(8, np.float32)})
+        store.mark_synced([items[2].id])
+        rows = store.pending_rows(10, exclude={items[0].id})
+        assert [r.id for r in rows] == [items[i].id for i in (1, 3, 4)]
+        assert [r.id for r in store.pending_rows(2)] == [items[0].id, items[1].id]
+        assert store.pending_rows(0) == []
+    one, three, four = rows
+    image = np.frombuffer(base64.b64decode(three.image), dtype="<f4").reshape(28, 28)
+    assert np.array_equal(image, items[3].image)
+    assert json.loads(three.strokes) == items[3].strokes and json.loads(four.strokes) is None
+    assert (three.label, three.predicted, three.confidence) == (
+        items[3].label,
+        items[3].predicted,
+        items[3].confidence,
+    )
+    assert (three.model_version, three.created) == (items[3].model_version, items[3].created)
+    assert three.updated >= three.created
+    emb = np.frombuffer(base64.b64decode(three.embedding), dtype="<f4")  # type: ignore[arg-type]
+    assert np.array_equal(emb, items[3].embedding) and three.embedding_version == "digits-0"
+    assert one.embedding_version == "digits-9"
+    assert (four.embedding, four.embedding_version, four.predicted, four.confidence) == (
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def test_close_leaves_a_complete_snapshot_and_an_empty_journal(path: Path) -> None:
