@@ -24,7 +24,7 @@ from hwrcore import protocol
 from hwrcore.errors import HwrError, InvalidLabel
 from hwrcore.labels import label_set_for_mode
 from hwrcore.preprocess import png_to_input, strokes_to_input
-from hwrcore.store import Correction, CorrectionStore, InvalidCorrection, StoreError
+from hwrcore.store import Correction, CorrectionStore, InvalidCorrection, StoreError, StoreFull
 
 from .models import LoadedModel
 from .personal import Personaliser
@@ -118,6 +118,8 @@ class Context:
         self.model_changed_at: float | None = None  # unix time of the last swap; None: none yet
         # Set by the app when model delivery runs: an object with ``status() -> dict`` (healthz).
         self.delivery: Any = None
+        # Set by the app when a sync server is configured: the edge.sync.SyncClient.
+        self.sync: Any = None
         self._swap_lock = threading.Lock()
 
     @property
@@ -332,6 +334,9 @@ def _store(ctx: Context, recent: Recent, label: str) -> str:
         )
         try:
             ctx.stores[recent.mode].add(correction)
+        except StoreFull as exc:  # the teacher must act: the message says what to do
+            log.warning("a %s correction was refused: %s", recent.mode, exc.message)
+            raise Unavailable(exc.message, code=exc.code) from None
         except (StoreError, OSError, RuntimeError) as exc:
             log.error("storing a %s correction failed: %s", recent.mode, exc)
             raise Unavailable("the correction could not be stored; try again") from None
@@ -340,6 +345,8 @@ def _store(ctx: Context, recent: Recent, label: str) -> str:
             log.error("the store refused a %s correction: %s", recent.mode, exc)
             raise Internal("the correction could not be stored; it was logged") from None
         recent.correction = (correction.id, label)
+        if ctx.sync is not None:
+            ctx.sync.wake()  # send it now when the server is reachable (sets an event, no I/O)
         # Read under the writer's lock: a swap takes it too, and the new personaliser is given
         # every correction stored before it, so each correction reaches exactly one of them.
         served = _served(ctx, recent.mode)
@@ -373,6 +380,7 @@ def health(ctx: Context) -> dict[str, Any]:
         "delivery": ctx.delivery.status() if ctx.delivery is not None else {"state": "off"},
         "corrections": {mode: _plain(store.stats()) for mode, store in ctx.stores.items()},
         "pending": pending_total(ctx),
+        "sync": ctx.sync.status() if ctx.sync is not None else {"state": "off"},
         "uptime_s": round(time.monotonic() - ctx.started, 3),
     }
 

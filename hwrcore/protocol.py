@@ -45,6 +45,7 @@ STATUS: dict[str, int] = {
     "rate_limited": 429,
     "internal": 500,
     "unavailable": 503,
+    "store_full": 507,
 }
 
 # A seq is echoed as sent; it must be an integer a browser's JSON can hold exactly.
