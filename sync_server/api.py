@@ -1,0 +1,259 @@
+"""The device API under ``/api/v1/`` (docs/sync.md): corrections, heartbeat, releases, model files.
+
+Every route takes ``Authorization: Bearer <token>``: a device token, or the admin token under
+``/api/v1/admin/``. A missing, malformed, unknown or revoked token is 401 ``unauthorized`` with
+one message for all; a device over its rate is 429 with ``Retry-After``. Every error, the
+framework's own included (404, 405, 413, 500), leaves as ``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import time
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
+from sqlalchemy import update
+from werkzeug.exceptions import HTTPException
+
+from hwrcore import protocol
+from hwrcore.labels import LABEL_SETS
+from hwrcore.release import canonical_json
+
+from .corrections import merge, summary
+from .db import devices, writing
+from .devices import authenticate
+from .state import SyncState
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("sync_api", __name__, url_prefix="/api/v1")
+
+HTTP_CODES = {
+    400: ("bad_request", "the request could not be understood"),
+    404: ("not_found", "there is nothing at this address"),
+    405: ("method_not_allowed", "this address does not accept this method"),
+    413: ("too_large", "the request body is too large"),
+}
+UNAUTHORIZED = "a valid bearer token is required"
+MAX_TEXT = 2048
+
+
+def state() -> SyncState:
+    return current_app.extensions["hwr_sync"]
+
+
+def error_response(code: str, message: str, status: int | None = None) -> Response:
+    """The one error body with its status."""
+    resp = jsonify(protocol.error_body(code, message))
+    resp.status_code = status or protocol.STATUS.get(code, 400)
+    return resp
+
+
+def _unauthorized() -> Response:
+    resp = error_response("unauthorized", UNAUTHORIZED, 401)
+    resp.headers["WWW-Authenticate"] = "Bearer"
+    return resp
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _is_admin(token: str | None) -> bool:
+    secret = state().admin_token
+    if not token or not secret:
+        return False
+    return hmac.compare_digest(
+        hashlib.sha256(token.encode()).digest(), hashlib.sha256(secret.encode()).digest()
+    )
+
+
+@bp.before_request
+def _authenticate() -> Response | None:
+    """Bearer auth on every route (the notify socket's upgrade included), then the rate limit."""
+    token = _bearer()
+    if request.path.startswith(bp.url_prefix + "/admin/"):
+        return None if _is_admin(token) else _unauthorized()
+    st = state()
+    device = authenticate(st.engine, token)
+    if device is None:
+        return _unauthorized()
+    g.device = device
+    wait = st.limiter.take(device.id) if st.limiter is not None else 0.0
+    if wait > 0:
+        resp = error_response("rate_limited", "too many requests from this device; slow down", 429)
+        resp.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return resp
+    return None
+
+
+def _json_object() -> dict[str, Any]:
+    body = protocol.parse_json(request.get_data(cache=False))
+    return protocol.require_object(body)
+
+
+@bp.post("/corrections")
+def post_corrections() -> Response:
+    """Merge a batch of corrections; each item's outcome, committed before the answer."""
+    try:
+        body = _json_object()
+    except protocol.ProtocolError as exc:
+        return error_response(exc.code, exc.message)
+    items = body.get("corrections")
+    if not isinstance(items, list) or not items:
+        return error_response("invalid_message", "corrections must be a non-empty list")
+    limit = state().config.max_batch
+    if len(items) > limit:
+        return error_response(
+            "too_large", f"a batch holds at most {limit} corrections, got {len(items)}", 413
+        )
+    return jsonify({"results": merge(state().engine, g.device.id, items)})
+
+
+def _heartbeat_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The heartbeat's known fields as columns; ProtocolError on a mistyped one."""
+    out: dict[str, Any] = {}
+    served = body.get("models")
+    if served is not None:
+        ok = isinstance(served, dict) and all(
+            m in LABEL_SETS
+            and isinstance(v, dict)
+            and all(isinstance(v.get(k), str) and len(v[k]) <= 64 for k in ("name", "version"))
+            for m, v in served.items()
+        )
+        if not ok:
+            raise protocol.ProtocolError('models must be {mode: {"name", "version"}}')
+        out["hb_models"] = json.dumps(
+            {m: {"name": v["name"], "version": v["version"]} for m, v in served.items()}
+        )
+    pending = body.get("pending")
+    if pending is not None:
+        if not isinstance(pending, int) or isinstance(pending, bool) or not 0 <= pending < 2**31:
+            raise protocol.ProtocolError("pending must be a count")
+        out["hb_pending"] = pending
+    for name, col, limit in (("software", "hb_software", 64), ("tunnel_url", "hb_tunnel_url", 0)):
+        value = body.get(name)
+        if value is not None:
+            if not isinstance(value, str) or len(value) > (limit or MAX_TEXT):
+                raise protocol.ProtocolError(f"{name} must be a short string")
+            out[col] = value
+    clock = body.get("clock")
+    if clock is not None:
+        if type(clock) not in (int, float) or not math.isfinite(clock):
+            raise protocol.ProtocolError("clock must be a unix time")
+        out["hb_clock"] = float(clock)
+    return out
+
+
+@bp.post("/heartbeat")
+def post_heartbeat() -> Response:
+    """Record what a device serves; answer the current release of each model."""
+    try:
+        values = _heartbeat_fields(_json_object())
+    except protocol.ProtocolError as exc:
+        return error_response(exc.code, exc.message)
+    now = time.time()
+    st = state()
+    with writing(st.engine) as conn:
+        conn.execute(
+            update(devices).where(devices.c.id == g.device.id).values(last_seen=now, **values)
+        )
+    current = {
+        mode: {"name": c.name, "version": c.version, "sequence": c.sequence}
+        for mode, c in st.registry.current_by_mode().items()
+    }
+    return jsonify({"models": current, "server_time": now})
+
+
+def _etag_answer(body: dict[str, Any]) -> Response:
+    tag = hashlib.sha256(canonical_json(body)).hexdigest()[:32]
+    if request.if_none_match.contains(tag):
+        resp = Response(status=304)
+    else:
+        resp = jsonify(body)
+    resp.set_etag(tag)
+    resp.headers["Cache-Control"] = "no-cache"
+    return resp
+
+
+@bp.get("/models")
+def get_models() -> Response:
+    """The current signed release of each model and the URL of its file; ETag / 304."""
+    current = state().registry.current_by_mode()
+    body = {
+        "models": {
+            mode: {"release": c.document, "url": f"{bp.url_prefix}/models/{c.name}/{c.version}"}
+            for mode, c in sorted(current.items())
+        }
+    }
+    return _etag_answer(body)
+
+
+@bp.get("/models/<name>/<version>")
+def get_model_file(name: str, version: str) -> Response:
+    """A model file with ETag = its sha256, If-None-Match (304) and Range (206)."""
+    found = state().registry.file_for(name, version)
+    if found is None or not found[0].is_file():
+        return error_response("not_found", f"no model {name} {version}", 404)
+    path, sha256 = found
+    resp = send_file(
+        path,
+        mimetype="application/octet-stream",
+        conditional=True,
+        etag=sha256,
+        max_age=0,
+        download_name=f"{name}-{version}.tflite",
+    )
+    resp.headers["Cache-Control"] = "no-cache"
+    return resp
+
+
+@bp.get("/admin/summary")
+def admin_summary() -> Response:
+    """Devices and distinct corrections per mode (admin token)."""
+    return jsonify(summary(state().engine))
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    code, message = HTTP_CODES.get(status, (None, None))
+    if code is None:
+        code = "internal" if status >= 500 else "bad_request"
+        message = exc.name
+    resp = error_response(code, message, status)
+    if status == 405 and getattr(exc, "valid_methods", None):
+        resp.headers["Allow"] = ", ".join(exc.valid_methods)
+    return resp
+
+
+def _unexpected(exc: Exception) -> Response:
+    # The traceback names code, never the request body: drawings and tokens do not reach the log.
+    log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response("internal", "the server failed to answer; it was logged", 500)
+
+
+def _headers(resp: Response) -> Response:
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return resp
+
+
+def init_app(app: Flask) -> None:
+    """Register the routes and route every error through the one error body."""
+    from . import notify  # noqa: F401  (adds the notify socket to the blueprint)
+
+    app.register_blueprint(bp)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+    app.after_request(_headers)
+
+
+__all__ = ["bp", "error_response", "init_app"]

@@ -1,0 +1,259 @@
+"""``hwr-sync-server``: serve the school's sync server, and manage its devices and models.
+
+    hwr-sync-server serve [--host H] [--port P] [--data-dir D] [--config FILE.toml]
+    hwr-sync-server add-device NAME [--group G]      # the token alone on the last line
+    hwr-sync-server revoke-device NAME
+    hwr-sync-server devices
+    hwr-sync-server public-key                       # the public key alone on the last line
+    hwr-sync-server publish MODEL.json
+    hwr-sync-server rollback NAME VERSION
+    hwr-sync-server models
+
+Every subcommand takes ``--data-dir`` and ``--config``; settings come from defaults, then the
+TOML file, then HWR_SYNC_* variables, then flags. The commands other than ``serve`` write the
+database directly, so they work with the server running or not (a running server tells its
+devices of a publish within a second). A domain error prints one line on stderr, status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import getpass
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from hwrcore import release as rel
+from hwrcore.errors import HwrError
+
+from .config import SyncConfig, load_config
+from .state import StartError, open_state
+
+log = logging.getLogger("sync_server")
+
+EXIT_USAGE = 2
+PROG = "hwr-sync-server"
+PR_SET_PDEATHSIG = 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, help="where the database, key and models live")
+    common.add_argument("--config", type=Path, help="a TOML file of settings")
+    p = argparse.ArgumentParser(prog=PROG, description="The school's sync server.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("serve", parents=[common], help="serve the device API")
+    s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port to listen on (default 8100; 0 picks a free one)")
+    a = sub.add_parser("add-device", parents=[common], help="register a device, print its token")
+    a.add_argument("name")
+    a.add_argument("--group", help="a group (a class or room) for the device")
+    r = sub.add_parser("revoke-device", parents=[common], help="revoke a device's token")
+    r.add_argument("name")
+    sub.add_parser("devices", parents=[common], help="list the devices")
+    sub.add_parser("public-key", parents=[common], help="print the public key devices pin")
+    pub = sub.add_parser("publish", parents=[common], help="publish a model (its manifest)")
+    pub.add_argument("manifest", type=Path)
+    rb = sub.add_parser("rollback", parents=[common], help="release an older version again")
+    rb.add_argument("name")
+    rb.add_argument("version")
+    sub.add_parser("models", parents=[common], help="list the stored model versions")
+    return p.parse_args(argv)
+
+
+class SyncServer(BaseApplication):
+    """gunicorn running ``create_app(config)`` on an already bound socket."""
+
+    def __init__(self, config: SyncConfig, fd: int):
+        self.sync_config = config
+        self.fd = fd
+        super().__init__()
+
+    def load_config(self) -> None:
+        c = self.sync_config
+        settings = {
+            "bind": [f"fd://{self.fd}"],
+            "workers": c.workers,
+            "worker_class": "gthread",
+            "threads": c.threads,  # an open notify socket holds a thread
+            "graceful_timeout": 5,
+            "timeout": 60,
+            "keepalive": 5,
+            "loglevel": c.log_level,
+            "errorlog": "-",
+            "accesslog": None,
+            "proc_name": PROG,
+            "post_fork": _die_with_parent,
+            "worker_exit": _on_worker_exit,
+            "control_socket_disable": True,  # gunicorn >= 27 would open one in $HOME
+        }
+        for key, value in settings.items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from .app import create_app
+
+        return create_app(self.sync_config)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (SO_REUSEADDR, so a restart rebinds at once)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def _die_with_parent(server: Any, worker: Any) -> None:
+    """In a worker: die with the master (SIGKILL included) instead of living on alone."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: gunicorn's own parent check ends the worker a little later
+    if os.getppid() != worker.ppid:
+        os._exit(1)
+
+
+def _on_worker_exit(server: Any, worker: Any) -> None:
+    app = getattr(worker, "wsgi", None)
+    if app is not None and hasattr(app, "extensions"):
+        from .app import close_app
+
+        close_app(app)
+
+
+def serve(config: SyncConfig) -> int:
+    """Migrate, make the key, import the shipped models, bind, print the URL, serve until stopped."""
+    log.info("effective config: %s", config.to_dict())
+    open_state(config).close()  # every start-up failure is reported here, before binding
+    try:
+        sock = bind(config.host, config.port)
+    except OSError as exc:
+        raise StartError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+        ) from None
+    print(f"{PROG}: serving {url_of(sock)} (data in {config.data_dir})", flush=True)
+    server = SyncServer(config, sock.detach())
+    try:
+        server.run()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def run_command(args: argparse.Namespace, config: SyncConfig) -> int:
+    """Everything but ``serve``: open the state, act, print."""
+    from .devices import add_device, list_devices, revoke_device
+
+    st = open_state(config)
+    try:
+        if args.command == "add-device":
+            token = add_device(st.engine, args.name, args.group)
+            print(f"device {args.name!r} added; its token, shown this once:")
+            print(token)
+        elif args.command == "revoke-device":
+            revoke_device(st.engine, args.name)
+            print(f"device {args.name!r} revoked")
+        elif args.command == "devices":
+            for d in list_devices(st.engine):
+                served = json.loads(d["hb_models"]) if d["hb_models"] else {}
+                versions = ",".join(f"{m}={v['version']}" for m, v in sorted(served.items()))
+                state = "revoked" if d["revoked"] else "active"
+                print(
+                    f"{d['name']}\t{d['group'] or '-'}\t{state}\tlast seen {_when(d['last_seen'])}"
+                    f"\tpending {d['hb_pending'] if d['hb_pending'] is not None else '-'}"
+                    f"\t{versions or '-'}"
+                )
+        elif args.command == "public-key":
+            print(f"key id {rel.key_id(st.key)}; pin this in each device's sync_public_key:")
+            print(rel.public_key_text(st.key))
+        elif args.command == "publish":
+            c = st.registry.publish(args.manifest, by=_who())
+            print(f"{c.name} {c.version} is the current release (sequence {c.sequence})")
+        elif args.command == "rollback":
+            c = st.registry.rollback(args.name, args.version, by=_who())
+            print(f"{c.name} {c.version} is the current release again (sequence {c.sequence})")
+        elif args.command == "models":
+            for m in st.registry.models():
+                mark = "*" if m["current"] else " "
+                print(
+                    f"{mark} {m['name']}\t{m['version']}\t{m['mode']}\t{m['sha256'][:16]}"
+                    f"\t{m['length']}\t{_when(m['created'])}\t{m['published_by']}"
+                )
+    finally:
+        st.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run the command, and map every domain failure to one line on stderr and status 2."""
+    args = parse_args(argv)
+    flags: dict[str, Any] = {"data_dir": args.data_dir}
+    if args.command == "serve":
+        flags.update(host=args.host, port=args.port)
+    try:
+        config = load_config(args.config, overrides=flags)
+    except HwrError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=config.log_level.upper() if args.command == "serve" else "WARNING",
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "serve":
+            status = serve(config)
+        else:
+            return run_command(args, config)
+    except HwrError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"{PROG}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_USAGE
+    if status not in (0, None):
+        print(
+            f"{PROG}: the server stopped with status {status} (see the log above)", file=sys.stderr
+        )
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

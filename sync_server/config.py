@@ -1,0 +1,207 @@
+"""The sync server's configuration: defaults, then a TOML file, then HWR_SYNC_* variables, then flags.
+
+Every layer may set only the fields of :class:`SyncConfig`; an unknown key is an error, so a
+misspelt setting fails at start instead of being ignored. The admin token is read from
+``HWR_SYNC_ADMIN_TOKEN`` or the file named by ``admin_token_file``, never from a flag, and is
+never logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from hwrcore.errors import HwrError
+
+ENV_PREFIX = "HWR_SYNC_"
+ADMIN_TOKEN_ENV = "HWR_SYNC_ADMIN_TOKEN"
+# Settings never written to the log or taken from a flag.
+SECRET_FIELDS = ("admin_token",)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(HwrError):
+    """A configuration value or key that cannot be used."""
+
+    code = "invalid_config"
+
+
+def default_data_dir() -> Path:
+    """Per-user data directory: $XDG_DATA_HOME/hwr-sync, else ~/.local/share/hwr-sync."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "hwr-sync"
+
+
+def default_models_dir() -> Path:
+    """The shipped models (the registry's first releases): models_export/ of this repository."""
+    return REPO_ROOT / "models_export"
+
+
+@dataclass
+class SyncConfig:
+    """Everything the sync server can be told; see :func:`load_config` for the layers."""
+
+    host: str = "127.0.0.1"
+    port: int = 8100
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str = ""  # empty: sqlite:///<data_dir>/sync.db
+    models_dir: Path = field(default_factory=default_models_dir)
+    admin_token: str = ""  # from HWR_SYNC_ADMIN_TOKEN or TOML; never a flag, never logged
+    admin_token_file: str = ""  # a file holding the admin token, instead of admin_token
+    max_body_bytes: int = 1 << 20  # largest request body (the contract's 1 MiB)
+    max_batch: int = 100  # corrections per upload (the contract's 100)
+    rate_per_second: float = 10.0  # sustained requests per device
+    rate_burst: int = 30  # requests a device may make at once before the rate applies
+    release_poll_interval: float = 0.5  # seconds between looks at the releases table
+    workers: int = 1  # gunicorn worker processes
+    threads: int = 32  # threads per worker: one per open notify socket, plus HTTP
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser()
+        self.models_dir = Path(self.models_dir).expanduser()
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject values the server cannot run with, naming the setting."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0-65535, got {self.port}")
+        for name in ("max_body_bytes", "max_batch", "rate_burst", "workers", "threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("rate_per_second", "release_poll_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.admin_token and self.admin_token_file:
+            raise ConfigError(
+                "set admin_token (HWR_SYNC_ADMIN_TOKEN) or admin_token_file, not both"
+            )
+        if self.database_url and "://" not in self.database_url:
+            raise ConfigError(
+                f"database_url must be a SQLAlchemy URL such as sqlite:///path or "
+                f"postgresql+psycopg://user@host/db, got {self.database_url!r}"
+            )
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(f"log_level must be debug/info/warning/error, got {self.log_level!r}")
+
+    @property
+    def db_url(self) -> str:
+        """The database URL: ``database_url``, else SQLite in the data directory."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'sync.db'}"
+
+    def admin_secret(self) -> str:
+        """The admin token ('' when none is set: the admin routes then refuse everyone)."""
+        if self.admin_token:
+            return self.admin_token.strip()
+        if self.admin_token_file:
+            p = Path(self.admin_token_file).expanduser()
+            try:
+                return p.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"admin_token_file {p} cannot be read: {exc.strerror or exc}"
+                ) from None
+        return ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (paths as strings, secrets and URL passwords masked), for the log."""
+        out = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+        for secret in SECRET_FIELDS:
+            if out.get(secret):
+                out[secret] = "(set)"
+        out["database_url"] = mask_url(self.db_url)
+        return out
+
+
+def mask_url(url: str) -> str:
+    """A database URL with its password replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+_FIELDS = {f.name: f for f in fields(SyncConfig)}
+
+
+def _coerce(name: str, value: object, source: str) -> Any:
+    """Turn a value from TOML, the environment or a flag into the field's type."""
+    if name not in _FIELDS:
+        raise ConfigError(
+            f"unknown setting {name!r} in {source}; known: {', '.join(sorted(_FIELDS))}"
+        )
+    kind = _FIELDS[name].type  # a string: annotations are postponed
+    try:
+        if kind == "Path":
+            if not isinstance(value, (str, os.PathLike)):
+                raise TypeError
+            return Path(value)
+        if kind == "int":
+            if isinstance(value, (bool, float)):
+                raise TypeError
+            return int(value)  # type: ignore[arg-type]
+        if kind == "float":
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)  # type: ignore[arg-type]
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name!r} in {source} must be {kind}, got {value!r}") from None
+
+
+def _layer(values: Mapping[str, object], source: str) -> dict[str, Any]:
+    return {name: _coerce(name, value, source) for name, value in values.items()}
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Settings from a TOML file: top-level keys, or a [sync] table."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {p} is not readable TOML ({exc})") from None
+    if set(data) == {"sync"} and isinstance(data["sync"], dict):
+        data = data["sync"]
+    return _layer(data, f"config file {p}")
+
+
+def read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from HWR_SYNC_<SETTING> variables (e.g. HWR_SYNC_PORT=8200)."""
+    values = {
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in env.items()
+        if key.startswith(ENV_PREFIX)
+    }
+    return _layer(values, "the environment (HWR_SYNC_*)")
+
+
+def load_config(
+    config_file: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> SyncConfig:
+    """Defaults, then ``config_file``, then ``env`` (os.environ if None), then ``overrides``."""
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        merged.update(read_toml(config_file))
+    merged.update(read_env(os.environ if env is None else env))
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for secret in SECRET_FIELDS:
+        if secret in flags:
+            raise ConfigError(f"{secret} cannot be a flag: set {ADMIN_TOKEN_ENV} or a file")
+    merged.update(_layer(flags, "flags"))
+    return SyncConfig(**merged)
+
+
+__all__ = ["ConfigError", "SyncConfig", "load_config", "mask_url"]
