@@ -25,14 +25,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 from flask import Flask
 
-from hwrcore.errors import HwrError
 from hwrcore.store import CorrectionStore
 
 from . import api, ws
 from .config import EdgeConfig, load_config
+from .delivery import (
+    ModelUpdater,
+    describe,
+    keep_embeddings,
+    open_installed,
+    personaliser_for,
+    public_key_of,
+)
 from .messages import Context, RecentPredictions
 from .models import LoadedModel, load_models
 from .personal import Personaliser
@@ -52,44 +58,28 @@ def store_path(data_dir: str | Path, mode: str) -> Path:
 def _personaliser(model: LoadedModel, store: CorrectionStore, cap: int) -> Personaliser:
     """A personaliser for one mode, loaded with the newest ``cap`` stored corrections.
 
-    A correction embedded by another model version carries that model's embedding, which means
-    nothing to this one: its stored model input is run through this model instead, so a model
-    update keeps what the device has learnt from its pupils. The new embeddings are written
-    back to the store, so only the first start after an update pays for them.
+    Corrections embedded by another model version are embedded again by this one (see
+    :func:`edge.delivery.personaliser_for`) and the new vectors kept in the store.
     """
-    p = Personaliser(model.labels, cap=cap)
-    version = model.manifest.version
-    dim = int(model.manifest.outputs["embedding"].shape[-1])
-    rows = store.newest(cap)
-    vectors: list[np.ndarray] = []
-    redone: dict[str, np.ndarray] = {}
-    for c in rows:
-        emb = c.embedding
-        if c.embedded_by != version or emb is None or emb.shape != (dim,):
-            emb = redone[c.id] = model.classifier.predict(c.image).embedding
-        vectors.append(np.asarray(emb, dtype=np.float32).reshape(dim))
-    if vectors:
-        p.load(np.stack(vectors), [c.label for c in rows])
-    if redone:
-        try:
-            store.set_embeddings(version, redone)
-        except HwrError as e:  # the personaliser has them; the next start computes them again
-            log.warning("could not keep the new embeddings of %r: %s", model.mode, e)
-    log.info(
-        "personalisation for %r: %d stored corrections (%d embedded again by %s %s)",
-        model.mode,
-        len(p),
-        len(redone),
-        model.manifest.name,
-        version,
-    )
-    return p
+    embedded = personaliser_for(model, store, cap)
+    keep_embeddings(model, store, embedded.redone)
+    log.info("%s", describe(model, embedded))
+    return embedded.personaliser
 
 
 def open_context(config: EdgeConfig) -> Context:
-    """Load both models, open both stores and build the personalisers; closes what it opened on error."""
+    """Load both models, open both stores and build the personalisers; closes what it opened on error.
+
+    With a sync server configured, a model installed by delivery (state.json) serves where it
+    verifies and loads, else the shipped one; the context's ``delivery`` is then the
+    :class:`edge.delivery.ModelUpdater` (not started: :func:`create_app` starts it).
+    """
     models = load_models(config.models_dir, config.model_threads)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    startup = None
+    if config.sync_enabled:
+        startup = open_installed(config, models, public_key_of(config))
+        models = startup.models
     stores: dict[str, CorrectionStore] = {}
     try:
         for mode in models:
@@ -100,16 +90,19 @@ def open_context(config: EdgeConfig) -> Context:
             mode: _personaliser(models[mode], stores[mode], config.correction_cap)
             for mode in models
         }
+        ctx = Context(
+            models=models,
+            stores=stores,
+            personalisers=personalisers,
+            recent=RecentPredictions(config.recent_predictions),
+        )
+        if startup is not None:
+            ctx.delivery = ModelUpdater.from_config(config, ctx, startup)
     except BaseException:
         for store in stores.values():
             store.close()
         raise
-    return Context(
-        models=models,
-        stores=stores,
-        personalisers=personalisers,
-        recent=RecentPredictions(config.recent_predictions),
-    )
+    return ctx
 
 
 def create_app(config: EdgeConfig | None = None) -> Flask:
@@ -130,6 +123,9 @@ def create_app(config: EdgeConfig | None = None) -> Flask:
     app.extensions["hwr"] = open_context(config)
     api.init_app(app)
     ws.init_app(app)
+    delivery = app.extensions["hwr"].delivery
+    if delivery is not None:
+        delivery.start()
     return app
 
 

@@ -116,7 +116,8 @@ class Context:
             "char": threading.Lock(),
         }
         self.model_changed_at: float | None = None  # unix time of the last swap; None: none yet
-        # Set by the app when model delivery runs: an object with ``status() -> dict`` (healthz).
+        # Set by the app when model delivery runs: an object with ``status() -> dict`` (healthz)
+        # and ``stop()`` (called by close).
         self.delivery: Any = None
         # Set by the app when a sync server is configured: the edge.sync.SyncClient.
         self.sync: Any = None
@@ -143,8 +144,10 @@ class Context:
         return old
 
     def close(self) -> None:
-        """Refuse new work and close the stores (each waits for its writer to finish)."""
+        """Refuse new work, stop model delivery and close the stores (each waits for its writer)."""
         self.closing.set()
+        if self.delivery is not None:
+            self.delivery.stop()
         for mode, store in self.stores.items():
             with self.write_locks[mode]:
                 try:
