@@ -13,7 +13,11 @@ Routes (the wire protocol of ../shared/DESIGN.md; every error is ``{"error": {co
 * ``GET /ws`` - WebSocket: ``{"type": "predict"|"correct"|"health", "seq": n, ...}`` answered by
   ``{"type": "prediction"|"corrected"|"health"|"error", "seq": n, ...}`` (see edge/ws.py).
 * ``GET /healthz`` - ``{"status", "models": {mode: {"name", "version", "labels"}}, "corrections":
-  {mode: store stats}, "pending", "uptime_s"}``.
+  {mode: store stats}, "pending", "sync", "uptime_s"}``; ``sync`` is the sync client's status
+  (edge/sync.py), ``{"state": "off"}`` when no ``sync_url`` is set.
+
+With ``sync_url`` set the factory also starts an :class:`edge.sync.SyncClient` (kept at
+``ctx.sync``; its heartbeats feed model delivery) and :func:`close_app` stops it first.
 
 The long-lived state (both models, both correction stores, the personalisers, the recent
 predictions) is an ``edge.messages.Context`` kept at ``app.extensions["hwr"]``;
@@ -42,6 +46,7 @@ from .delivery import (
 from .messages import Context, RecentPredictions
 from .models import LoadedModel, load_models
 from .personal import Personaliser
+from .sync import SyncClient
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,9 @@ def open_context(config: EdgeConfig) -> Context:
     try:
         for mode in models:
             stores[mode] = CorrectionStore(
-                store_path(config.data_dir, mode), cap=config.correction_cap
+                store_path(config.data_dir, mode),
+                cap=config.correction_cap,
+                pending_limit=config.pending_limit,
             )
         personalisers = {
             mode: _personaliser(models[mode], stores[mode], config.correction_cap)
@@ -120,19 +127,37 @@ def create_app(config: EdgeConfig | None = None) -> Flask:
         },
         HWR_CONFIG=config,
     )
+    if config.sync_enabled:
+        config.device_token()  # no token: ConfigError before anything is opened
     app.extensions["hwr"] = open_context(config)
     api.init_app(app)
     ws.init_app(app)
     delivery = app.extensions["hwr"].delivery
     if delivery is not None:
         delivery.start()
+    if config.sync_enabled:
+        _start_sync(config, app.extensions["hwr"])
     return app
+
+
+def _start_sync(config: EdgeConfig, ctx: Context) -> None:
+    """Upload corrections and send heartbeats in the background; heartbeats feed delivery."""
+    delivery = ctx.delivery
+    ctx.sync = SyncClient(
+        config,
+        ctx.stores,
+        models_info=lambda: {mode: m.info for mode, m in ctx.models.items()},
+        on_models=delivery.on_models if delivery is not None else None,
+    )
+    ctx.sync.start()
 
 
 def close_app(app: Flask) -> None:
     """Close what ``create_app`` opened: refuse new work, then close the stores."""
     ctx: Context | None = app.extensions.get("hwr")
     if ctx is not None:
+        if ctx.sync is not None:
+            ctx.sync.stop()
         ctx.close()
 
 
