@@ -153,6 +153,8 @@ class StartError(HwrError):
 def serve(config: EdgeConfig) -> int:
     """Check models, bind, print the URL and serve until stopped; returns gunicorn's exit status."""
     check_models(config.models_dir)
+    if config.sync_enabled:
+        config.device_token()  # ConfigError here, not in the worker, when the token is missing
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
