@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hwrcore import assets
 from hwrcore.errors import HwrError
 
 ENV_PREFIX = "HWR_EDGE_"
 # Settings never written to the log or a flag.
 SECRET_FIELDS = ("sync_token",)
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(HwrError):
@@ -35,13 +35,13 @@ def default_data_dir() -> Path:
 
 
 def default_models_dir() -> Path:
-    """The shipped models: models_export/ of the repository this package lives in."""
-    return REPO_ROOT / "models_export"
+    """The shipped models: models_export/ of a checkout, else the installed copy."""
+    return assets.shipped_models_dir()
 
 
 def default_web_dir() -> Path:
-    """The canvas page and its assets: web/ of the repository this package lives in."""
-    return REPO_ROOT / "web"
+    """The canvas page and its assets: web/ of a checkout, else the installed copy."""
+    return assets.web_dir()
 
 
 @dataclass
@@ -77,6 +77,12 @@ class EdgeConfig:
     heartbeat_interval: float = 30.0  # seconds between heartbeats
     model_poll_interval: float = 30.0  # seconds between release checks when no notice socket
     pending_limit: int = 10000  # pending corrections per mode before new ones are refused
+    # Abuse limits (edge/guard.py, edge/worker.py, edge/ws.py).
+    allowed_hosts: str = ""  # more Host names to answer to, comma-separated
+    request_timeout: float = 10.0  # seconds a client has to send a whole request
+    connections_per_client: int = 64  # open connections one address may hold
+    sockets_per_client: int = 8  # open WebSockets one address may hold
+    ws_idle_timeout: float = 300.0  # seconds a WebSocket may stay silent before it is closed
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -97,6 +103,8 @@ class EdgeConfig:
             "model_threads",
             "sync_batch",
             "pending_limit",
+            "connections_per_client",
+            "sockets_per_client",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -111,6 +119,8 @@ class EdgeConfig:
             "sync_backoff_max",
             "heartbeat_interval",
             "model_poll_interval",
+            "request_timeout",
+            "ws_idle_timeout",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
