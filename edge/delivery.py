@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import requests
+import urllib3
 
 from hwrcore.errors import HwrError
 from hwrcore.manifest import Manifest
@@ -626,9 +627,10 @@ class ModelUpdater:
             part.unlink()
             have = 0
         if have < release.length:
-            headers = {}
+            headers = {"Accept-Encoding": "identity"}  # offsets are the file's bytes
             if have:
-                headers = {"Range": f"bytes={have}-", "If-Range": f'"{release.sha256}"'}
+                headers["Range"] = f"bytes={have}-"
+                headers["If-Range"] = f'"{release.sha256}"'
             resp = self._get(path, headers, stream=True)
             with resp:
                 if resp.status_code == 416:
@@ -653,7 +655,8 @@ class ModelUpdater:
                     )
                 with open(part, mode) as f:
                     try:
-                        for chunk in resp.iter_content(CHUNK):
+                        # read1: what arrived is kept even when the connection then drops.
+                        while chunk := resp.raw.read1(CHUNK):
                             if self._stop.is_set():
                                 raise Unreachable("stopping")
                             have += len(chunk)
@@ -663,7 +666,11 @@ class ModelUpdater:
                                     f"than the release's {release.length} bytes"
                                 )
                             f.write(chunk)
-                    except requests.RequestException as exc:
+                    except (
+                        requests.RequestException,
+                        urllib3.exceptions.HTTPError,
+                        OSError,
+                    ) as exc:
                         raise Unreachable(
                             f"GET {path} cut off at byte {have}: {type(exc).__name__}"
                         ) from None
