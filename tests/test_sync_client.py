@@ -75,6 +75,8 @@ class FakeSyncServer:
         self.items: dict[str, str] = {}  # id -> content digest
         self.stored = Counter()  # id -> times answered "stored" (exactly once: 1)
         self.bodies: list[dict[str, Any]] = []  # every corrections request: ids, sizes
+        self.oversized = 0  # corrections requests over max_body (answered 413)
+        self.max_body = MAX_BODY_BYTES
         self.heartbeats: list[dict] = []
         self.script: dict[str, deque[str]] = {}
         self.always: dict[str, str] = {}  # an action for every request to a path
@@ -178,7 +180,9 @@ class FakeSyncServer:
                 self.heartbeats.append(json.loads(body))
             h._send(200, {"models": self.models, "server_time": time.time()})
         elif path == "/api/v1/corrections":
-            if len(body) > MAX_BODY_BYTES:
+            if len(body) > self.max_body:
+                with self.lock:
+                    self.oversized += 1
                 h._send(413, {"error": {"code": "too_large", "message": "over 1 MiB"}})
                 return
             h._send(200, {"results": self._corrections(body)})
@@ -367,6 +371,7 @@ def test_a_batch_never_exceeds_100_items_or_1_mib(tmp_path, server, stores):
     assert all(n <= 100 and nbytes <= MAX_BODY_BYTES for n, nbytes in sizes)
     assert len(sizes) >= 3 and max(nbytes for _, nbytes in sizes) > MAX_BODY_BYTES * 0.8
     assert stores["char"].pending_count() == 0 and stores["digit"].pending_count() == 0
+    assert server.oversized == 0  # split before sending, not after a 413
     assert len(server.stored) == 350 and set(server.stored.values()) == {1}
 
 
@@ -379,7 +384,18 @@ def test_a_correction_too_large_for_any_batch_is_kept_and_blocks_nothing(tmp_pat
     client.step()
     assert pending_ids(stores["digit"]) == {huge.id}
     assert client.status()["refused_codes"] == {"too_large": 1}
-    assert huge.id not in server.sent_ids()
+    assert huge.id not in server.sent_ids() and server.oversized == 0
+
+
+def test_a_server_with_a_lower_limit_gets_halved_batches_after_a_413(tmp_path, server, stores):
+    items = [correction(i, strokes=[[[float(x), 1.0] for x in range(300)]]) for i in range(40)]
+    for c in items:
+        stores["digit"].add(c)
+    server.max_body = 100_000  # about 10 of these items
+    client = make_client(tmp_path, server.url, stores)
+    client.step()
+    assert stores["digit"].pending_count() == 0 and len(server.stored) == 40
+    assert server.oversized >= 1 and max(len(b["ids"]) for b in server.bodies) <= 10
 
 
 # -- failures, backoff, timeouts ----------------------------------------------------------------
@@ -782,3 +798,76 @@ def test_against_the_real_sync_server(tmp_path, stores):
         proc.terminate()
         proc.wait(timeout=30)
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+# -- the canvas page ----------------------------------------------------------------------------
+def test_the_canvas_shows_the_server_state_the_last_sync_and_a_full_store(
+    tmp_path, server, monkeypatch
+):
+    from tests.browser_helpers import (
+        CHROMIUM,
+        CHROMIUM_ARGS,
+        EdgeProcess,
+        draw_with_mouse,
+        fit_strokes,
+        hwr_edge_command,
+        models_for_edge,
+    )
+
+    command, models = hwr_edge_command(), models_for_edge()
+    if command is None or models is None or not CHROMIUM.is_file():
+        pytest.skip("needs hwr-edge, the shipped models and Debian's chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from hwrcore.release import generate_key, public_key_text
+
+    for key, value in {
+        "SYNC_URL": server.url,
+        "SYNC_TOKEN": TOKEN,
+        "SYNC_PUBLIC_KEY": public_key_text(generate_key()),
+        "HEARTBEAT_INTERVAL": "0.5",
+        "SYNC_BACKOFF_MAX": "0.5",
+        "PENDING_LIMIT": "1",
+    }.items():
+        monkeypatch.setenv(f"HWR_EDGE_{key}", value)
+    edge = EdgeProcess(command, tmp_path / "data", models, tmp_path / "edge.log")
+    try:
+        edge.wait_healthy()
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1024, "height": 700})
+                page.set_default_timeout(20_000)
+                page.goto(edge.url + "/")
+                page.wait_for_selector("#sync[data-state=online]")
+                assert page.inner_text("#sync") == "School server: online \u00b7 never synced"
+
+                def correct_on_page(label: str) -> str:
+                    page.click("#clear")
+                    draw_with_mouse(page, fit_strokes(SEVEN))
+                    page.wait_for_selector("#result[data-state=shown]")
+                    page.click(f"#keypad [data-label='{label}']")
+                    page.wait_for_selector(
+                        "#correction[data-state=ok], #correction[data-state=error]"
+                    )
+                    return page.inner_text("#correction")
+
+                assert correct_on_page("7") == "Saved \u2713 7"
+                page.wait_for_function(
+                    "document.getElementById('sync').textContent.includes('last sync')"
+                )
+                page.wait_for_selector("#pending[data-count='0']")
+                server.stop()
+                page.wait_for_selector("#sync[data-state=offline]")
+                assert page.inner_text("#sync").startswith(
+                    "School server: offline \u00b7 last sync"
+                )
+                assert "cannot reach the server" in page.get_attribute("#sync", "title")
+                assert correct_on_page("1") == "Saved \u2713 1"
+                text = correct_on_page("4")
+                assert text.startswith("Not saved: this device holds 1 corrections not yet sent")
+                assert "connect it to sync" in text
+                page.wait_for_selector("#pending[data-state=full][data-count='1']")
+            finally:
+                browser.close()
+    finally:
+        edge.stop()

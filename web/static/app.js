@@ -19,6 +19,13 @@ const LIVE_MIN_EXTENT = 12;
 const QUIET_ERRORS = new Set(["empty_drawing", "drawing_too_small"]);
 
 const $ = (id) => document.getElementById(id);
+
+/** A unix time as the clock shows it: the time today, else the date and the time. */
+function when(seconds) {
+  const d = new Date(seconds * 1000);
+  const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return d.toDateString() === new Date().toDateString() ? time : `${d.toLocaleDateString()} ${time}`;
+}
 const pct = (p) => `${Math.round(Math.max(0, Math.min(1, Number(p) || 0)) * 100)}%`;
 
 /** How a screen reader should say a label: letters need their case spelled out. */
@@ -277,6 +284,7 @@ class App {
       if (Number.isFinite(answer.pending)) this.showPending(answer.pending);
     } catch (err) {
       this.showCorrection("error", `Not saved: ${err.message}`, label);
+      if (err.code === "store_full") $("pending").dataset.state = "full";
     } finally {
       this.correcting = false;
       $("keypad").removeAttribute("aria-busy");
@@ -374,10 +382,38 @@ class App {
     models_el.dataset.state = "ok";
     models_el.textContent = parts.length ? `Models: ${parts.join(" \u00b7 ")}` : "Models: none loaded";
     this.showPending(Number.isFinite(health.pending) ? health.pending : null);
+    this.showSync(health.sync || null);
+  }
+
+  /** The school server: online or offline, when this device last synced, what it refused. */
+  showSync(sync) {
+    const el = $("sync");
+    const state = sync && typeof sync.state === "string" ? sync.state : "unknown";
+    el.dataset.state = state;
+    if (state === "off") {
+      el.textContent = "School server: none set up";
+      el.title = "This device keeps its corrections; none are sent anywhere.";
+      return;
+    }
+    if (state !== "online" && state !== "offline") {
+      el.textContent = "School server: ?";
+      el.title = "";
+      return;
+    }
+    const last = Number.isFinite(sync.last_sync) ? `last sync ${when(sync.last_sync)}` : "never synced";
+    const refused = (Number(sync.rejected) || 0) + (Number(sync.conflicts) || 0);
+    const parts = [`School server: ${state}`, last];
+    if (refused > 0) parts.push(`${refused} not accepted`);
+    el.textContent = parts.join(" \u00b7 ");
+    const notes = [sync.server ? `Server ${sync.server}.` : ""];
+    if (state === "offline" && sync.last_error) notes.push(`Last problem: ${sync.last_error}.`);
+    if (refused > 0) notes.push(`${refused} corrections were not accepted by the server; they stay on this device.`);
+    el.title = notes.filter(Boolean).join(" ");
   }
 
   showPending(count) {
     const pending = $("pending");
+    if (count !== null && count !== Number(pending.dataset.count)) delete pending.dataset.state;
     pending.dataset.count = count === null ? "" : String(count);
     pending.textContent = `Corrections waiting to sync: ${count === null ? "?" : count}`;
   }
