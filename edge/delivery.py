@@ -586,7 +586,8 @@ class ModelUpdater:
         if (release.name, release.version, release.sha256) == (m.name, m.version, m.sha256):
             # What serves already (the shipped model, as the server first lists it): trust it.
             st["trusted_sequence"] = release.sequence
-            st["serving"] = _entry(release, doc, entry.get("dir") if entry else None)
+            same_file = entry.get("dir") and entry.get("sha256") == release.sha256
+            st["serving"] = _entry(release, doc, entry["dir"] if same_file else None)
             self.trust.save()
             log.info(
                 "release %s %s (sequence %d) already serves %r",
