@@ -1,0 +1,214 @@
+"""The real ``hwr-sync-server``: serve on port 0, the CLI beside it, the notify socket, start-up errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import websocket
+
+from hwrcore import release as rel
+from tests.sync_server_helpers import MODELS_DIR, item, new_version
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = Path(sys.executable).parent / "hwr-sync-server"
+ADMIN = "process-admin-token"
+pytestmark = pytest.mark.slow
+
+
+def env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("HWR_SYNC_")}
+    e["HWR_SYNC_ADMIN_TOKEN"] = ADMIN
+    e["HWR_SYNC_MODELS_DIR"] = str(MODELS_DIR)
+    return e
+
+
+def cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run one hwr-sync-server subcommand against ``data_dir``."""
+    proc = subprocess.run(
+        [str(CLI), *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+class Server:
+    """``hwr-sync-server serve --port 0`` and the URL it printed."""
+
+    def __init__(self, data_dir: Path, *args: str):
+        self.log = open(data_dir.parent / "server.log", "w")  # closed in stop()
+        self.proc = subprocess.Popen(
+            [str(CLI), "serve", "--port", "0", "--data-dir", str(data_dir), *args],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env(),
+        )
+        line = self.proc.stdout.readline()
+        m = re.search(r"serving (http://\S+/)", line)
+        if not m:
+            self.stop()
+            raise AssertionError(f"no URL printed: {line!r}")
+        self.url = m.group(1).rstrip("/")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/api/v1/models", timeout=2).status_code == 401:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        self.stop()
+        raise AssertionError("the server did not answer within 30 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    s = Server(tmp_path / "data")
+    yield s
+    s.stop()
+
+
+def test_cli_token_works_and_a_publish_reaches_the_notify_socket(server, tmp_path):
+    data = tmp_path / "data"
+    added = cli(data, "add-device", "room-1", "--group", "class-3")
+    token = added.stdout.strip().splitlines()[-1]
+    assert len(token) == 43 and token not in added.stderr
+    h = {"Authorization": f"Bearer {token}"}
+    r = requests.get(server.url + "/api/v1/models", headers=h, timeout=5)
+    assert r.status_code == 200 and set(r.json()["models"]) == {"digit", "char"}
+    key = rel.load_public_key(cli(data, "public-key").stdout.strip().splitlines()[-1])
+    rel.verify_release(r.json()["models"]["digit"]["release"], key, mode="digit")
+
+    up = requests.post(
+        server.url + "/api/v1/corrections", json={"corrections": [item()]}, headers=h
+    )
+    assert up.json()["results"][0]["status"] == "stored"
+
+    ws = websocket.create_connection(
+        server.url.replace("http://", "ws://") + "/api/v1/notify",
+        header=[f"Authorization: Bearer {token}"],
+        timeout=5,
+    )
+    try:
+        first = [json.loads(ws.recv()) for _ in range(2)]
+        assert {(m["name"], m["sequence"]) for m in first} == {("digits", 1), ("characters", 1)}
+        cli(data, "publish", str(new_version(tmp_path / "new")))
+        published = time.monotonic()
+        ws.settimeout(2.0)
+        notice = json.loads(ws.recv())
+        assert time.monotonic() - published < 2.0
+        assert notice == {
+            "type": "release",
+            "mode": "digit",
+            "name": "digits",
+            "version": "1.3.0",
+            "sequence": 2,
+        }
+        cli(data, "rollback", "digits", "1.2.0")
+        assert json.loads(ws.recv())["version"] == "1.2.0"
+    finally:
+        ws.close()
+    with pytest.raises(websocket.WebSocketBadStatusException) as e:
+        websocket.create_connection(
+            server.url.replace("http://", "ws://") + "/api/v1/notify",
+            header=["Authorization: Bearer wrong"],
+            timeout=5,
+        )
+    assert e.value.status_code == 401
+    listed = cli(data, "models").stdout
+    assert re.search(r"^\* digits\t1\.2\.0", listed, re.M) and "1.3.0" in listed
+    cli(data, "revoke-device", "room-1")
+    assert requests.get(server.url + "/api/v1/models", headers=h, timeout=5).status_code == 401
+    assert "room-1\tclass-3\trevoked" in cli(data, "devices").stdout
+    s = requests.get(
+        server.url + "/api/v1/admin/summary", headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    assert s.json() == {"devices": 1, "corrections": {"digit": 1, "char": 0}}
+
+
+def test_over_1_mib_is_answered_413_over_real_http(server, tmp_path):
+    token = cli(tmp_path / "data", "add-device", "d").stdout.strip().splitlines()[-1]
+    body = json.dumps({"corrections": [item()], "pad": "x" * (1 << 20)})
+    r = requests.post(
+        server.url + "/api/v1/corrections",
+        data=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+
+
+def test_a_loose_key_file_mode_refuses_to_start(tmp_path):
+    data = tmp_path / "data"
+    cli(data, "public-key")  # makes the key
+    key = data / "signing_key.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    key.chmod(0o644)
+    for args in (["serve", "--port", "0"], ["public-key"]):
+        proc = cli(data, *args, check=False)
+        assert proc.returncode == 2
+        last = proc.stderr.strip().splitlines()[-1]  # after the effective config, for serve
+        assert last.startswith("hwr-sync-server: ") and "0644" in last and "chmod 600" in last
+        assert "Traceback" not in proc.stderr
+
+
+def test_domain_errors_are_one_line_and_status_2(tmp_path):
+    data = tmp_path / "data"
+    cases = [
+        ["publish", str(tmp_path / "missing.json")],
+        ["rollback", "digits", "0.0.1"],
+        ["revoke-device", "nobody"],
+        ["add-device", "bad name!"],
+    ]
+    for args in cases:
+        proc = cli(data, *args, check=False)
+        assert proc.returncode == 2, args
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("prot = 1\n")
+    proc = cli(data, "devices", "--config", str(bad), check=False)
+    assert proc.returncode == 2 and "unknown setting 'prot'" in proc.stderr
+
+
+def test_the_server_never_imports_tensorflow(tmp_path):
+    code = (
+        "import sys\n"
+        "from sync_server.app import create_app, close_app\n"
+        "from sync_server.config import load_config\n"
+        f"app = create_app(load_config(overrides={{'data_dir': {str(tmp_path)!r}}}))\n"
+        "c = app.test_client(); assert c.get('/api/v1/models').status_code == 401\n"
+        "close_app(app)\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
