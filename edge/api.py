@@ -3,7 +3,12 @@
 Every route hands a message to ``edge.messages.handle_message`` and sends its answer; every
 error, the framework's own included (404, 405, 413, 500), leaves as the one error body.
 
-The seed paper's endpoints take its requests unchanged, as a form or a JSON object:
+Writes are accepted from the device's own page only (edge/guard.py): a known Host, the same
+Origin, and ``Content-Type: application/json`` on every POST route. Bodies are read up to
+``max_body_bytes``, chunked ones included (413 beyond).
+
+The seed paper's endpoints take its JSON requests unchanged (a form, which any web site can
+make a browser send, is refused with 415):
 
 * ``POST /predict`` with ``image`` (the canvas as a base64 PNG, optionally a ``data:`` URL) and
   optionally ``mode`` ('digit', the default, or 'char'); answers like ``/api/predict`` plus
@@ -18,10 +23,11 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from hwrcore import protocol
 
+from . import guard
 from .messages import Context, handle_message
 
 log = logging.getLogger(__name__)
@@ -32,8 +38,13 @@ HTTP_CODES = {
     400: ("bad_request", "the request could not be understood"),
     404: ("not_found", "there is nothing at this address"),
     405: ("method_not_allowed", "this address does not accept this method"),
+    408: ("timeout", "the request was not sent in time"),
     413: ("too_large", "the request body is too large"),
+    414: ("uri_too_long", "the address is too long"),
+    415: ("unsupported_media_type", "send the request as JSON"),
+    431: ("headers_too_large", "the request headers are too large"),
 }
+READ_CHUNK = 64 << 10
 PAPER_FIELDS = ("mode", "image", "label")
 
 
@@ -57,9 +68,26 @@ def _reply(reply: dict[str, Any]) -> Response:
     return jsonify(body)
 
 
+def read_body(limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes, chunked or not."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+    stream = request.stream
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = stream.read(min(READ_CHUNK, limit + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > limit:
+            raise RequestEntityTooLarge()
+        chunks.append(chunk)
+
+
 def _json_body() -> Any:
-    """The request body as JSON (413 if too large, via the framework); ProtocolError if not JSON."""
-    return protocol.parse_json(request.get_data(cache=False))
+    """The request body as JSON (413 if too large); ProtocolError if not JSON."""
+    return protocol.parse_json(read_body(current_app.config["HWR_CONFIG"].max_body_bytes))
 
 
 def _handle(kind: str, body: Any) -> dict[str, Any]:
@@ -91,11 +119,8 @@ def api_correct() -> Response:
 
 
 def _paper_fields() -> dict[str, Any]:
-    """``mode``, ``image`` and ``label`` of a seed-paper request, from a form or a JSON object."""
-    if request.mimetype == "application/json":
-        body = protocol.require_object(_json_body())
-    else:
-        body = request.form.to_dict()
+    """``mode``, ``image`` and ``label`` of a seed-paper request (a JSON object)."""
+    body = protocol.require_object(_json_body())
     fields = {k: body[k] for k in PAPER_FIELDS if k in body}
     fields.setdefault("mode", "digit")
     return fields
@@ -129,7 +154,29 @@ def paper_correct() -> Response:
 @bp.get("/healthz")
 def healthz() -> Response:
     """Model versions, corrections per store, pending corrections, uptime."""
-    return _reply(handle_message({"type": "health"}, _ctx()))
+    return _reply(public_health(handle_message({"type": "health"}, _ctx())))
+
+
+def public_health(reply: dict[str, Any]) -> dict[str, Any]:
+    """A health answer as anyone may see it: no file paths (they hold the user's name), and
+    status "degraded" with the reasons while a store cannot write its snapshot or is closed."""
+    if reply.get("type") != "health":
+        return reply
+    reasons = list(reply.get("reasons", []))
+    corrections = {}
+    for mode, stats in (reply.get("corrections") or {}).items():
+        stats = {k: v for k, v in stats.items() if k != "path"}
+        failures = int(stats.get("compaction_failures") or 0)
+        if failures:
+            reasons.append(f"the {mode} snapshot could not be written ({failures} tries in a row)")
+        if stats.get("closed"):
+            reasons.append(f"the {mode} store is closed")
+        corrections[mode] = stats
+    out = {**reply, "corrections": corrections}
+    if reasons:
+        out["status"] = "degraded"
+        out["reasons"] = reasons
+    return out
 
 
 @bp.get("/")
@@ -169,10 +216,13 @@ def _headers(resp: Response) -> Response:
 
 def init_app(app: Flask) -> None:
     """Register the routes and route every error through the one error body."""
+    # "//healthz" is not redirected (werkzeug's redirect is an HTML page): it is not found.
+    app.url_map.merge_slashes = False
+    guard.init_app(app)
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
     app.after_request(_headers)
 
 
-__all__ = ["bp", "error_response", "init_app"]
+__all__ = ["bp", "error_response", "init_app", "public_health", "read_body"]

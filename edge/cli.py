@@ -1,11 +1,17 @@
-"""``hwr-edge``: serve the edge app under gunicorn (one gthread worker: one writer per store).
+"""``hwr-edge``: serve the edge app under gunicorn (one worker: one writer per store).
 
     hwr-edge [--host H] [--port P] [--data-dir D] [--models-dir M] [--config FILE.toml]
 
 Settings come from defaults, then ``--config``, then HWR_EDGE_* variables, then these flags.
 The listening socket is bound here, before the server starts, so a port in use is reported
 at once (``--port 0`` picks a free port; the URL printed names it). Missing or damaged models,
-a port in use or a bad setting print one line on stderr and exit with status 2.
+a port in use or a bad setting print one line on stderr and exit with status 2; so does a
+worker that cannot start (a data directory another hwr-edge holds, a store it cannot read or
+write): it tells the master why through a pipe and the master stops at once, without gunicorn's
+restart loop.
+
+The worker is :class:`edge.worker.EdgeWorker`: gunicorn's threads, with requests read whole in
+its event loop before a thread runs them, so slow and idle clients hold no thread.
 """
 
 from __future__ import annotations
@@ -30,8 +36,14 @@ from .models import check_models
 log = logging.getLogger("edge")
 
 EXIT_USAGE = 2
+WORKER_BOOT_ERROR = 3  # gunicorn's: the master stops instead of starting another worker
 PR_SET_PDEATHSIG = 1
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
+# Buffers from this size up (a decoded PNG, a request body) are mapped and given back to the
+# system when freed, instead of staying in malloc's heap after a burst of large requests.
+MALLOC_RETURN_BYTES = 128 << 10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,6 +89,8 @@ def _die_with_parent(server: Any, worker: Any) -> None:
         # glibc gives each thread its own malloc arena; with dozens of socket threads that
         # multiplies resident memory for nothing on a 1 GB device.
         libc.mallopt(M_ARENA_MAX, 2)
+        libc.mallopt(M_MMAP_THRESHOLD, MALLOC_RETURN_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, MALLOC_RETURN_BYTES)
     except (OSError, AttributeError):
         pass  # not Linux/glibc: gunicorn's own parent check ends the worker a little later
     if os.getppid() != worker.ppid:
@@ -107,12 +121,35 @@ def _on_worker_exit(server: Any, worker: Any) -> None:
         log.info("stores closed")
 
 
+class BootFailure(logging.Filter):
+    """In the master: reads why the worker could not start, and then mutes gunicorn's lines
+    about it (the reason is printed once, by ``main``)."""
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self.fd = fd
+        self.reason: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.reason is None and record.getMessage().endswith(
+            f"exited with code {WORKER_BOOT_ERROR}."
+        ):
+            os.set_blocking(self.fd, False)
+            try:
+                self.reason = os.read(self.fd, 4096).decode(errors="replace").strip() or None
+            except OSError:
+                pass
+        return self.reason is None
+
+
 class EdgeServer(BaseApplication):
     """gunicorn running ``create_app(config)`` on an already bound socket."""
 
     def __init__(self, config: EdgeConfig, fd: int):
         self.edge_config = config
         self.fd = fd
+        self.boot_read, self.boot_write = os.pipe()
+        self.boot_failure = BootFailure(self.boot_read)
         super().__init__()
 
     def load_config(self) -> None:
@@ -120,7 +157,7 @@ class EdgeServer(BaseApplication):
         settings = {
             "bind": [f"fd://{self.fd}"],
             "workers": 1,  # one process writes the stores
-            "worker_class": "gthread",
+            "worker_class": "edge.worker.EdgeWorker",
             "threads": c.threads,  # an open WebSocket holds a thread
             "graceful_timeout": 5,
             "timeout": 60,
@@ -132,16 +169,27 @@ class EdgeServer(BaseApplication):
             "post_fork": _die_with_parent,
             "post_worker_init": _on_worker_ready,
             "worker_exit": _on_worker_exit,
+            "on_starting": self._on_starting,
             "control_socket_disable": True,  # gunicorn >= 27 would open one in $HOME
         }
         for key, value in settings.items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
 
+    def _on_starting(self, arbiter: Any) -> None:
+        logging.getLogger("gunicorn.error").addFilter(self.boot_failure)
+
     def load(self) -> Any:
+        """In the worker: the app; if it cannot be made, tell the master why and end at once."""
         from .app import create_app
 
-        return create_app(self.edge_config)
+        try:
+            return create_app(self.edge_config)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, HwrError) else f"{type(exc).__name__}: {exc}"
+            log.debug("the worker could not start", exc_info=exc)
+            os.write(self.boot_write, reason.encode()[:4000])
+            os._exit(WORKER_BOOT_ERROR)
 
 
 class StartError(HwrError):
@@ -170,9 +218,14 @@ def serve(config: EdgeConfig) -> int:
     print(f"hwr-edge: serving {url_of(sock)} (data in {config.data_dir})", flush=True)
     # The app is imported in the worker only: the master stays small (it only supervises).
     server = EdgeServer(config, sock.detach())
+    master = os.getpid()
     try:
         server.run()
     except SystemExit as exc:
+        if os.getpid() != master:
+            raise  # in a forked worker: gunicorn's exit status is the master's to read
+        if server.boot_failure.reason is not None:
+            raise StartError(server.boot_failure.reason) from None
         return exc.code if isinstance(exc.code, int) else 1
     return 0
 

@@ -7,22 +7,31 @@ Messages are JSON objects with a ``type`` and a client ``seq`` that is echoed:
 "correction_id", "stored": true}``; ``{"type": "health"}`` -> ``{"type": "health", ...}``.
 Anything wrong -> ``{"type": "error", "seq", "error": {"code", "message"}}`` and the socket
 stays open: binary frames, oversized messages and floods (beyond a per-socket rate) included.
+
+An open socket holds a server thread, so at most :func:`socket_limit` are open at once and
+``sockets_per_client`` per address (503 ``busy`` before the upgrade beyond that: the page then
+uses HTTP), and one silent for ``ws_idle_timeout`` seconds is closed (the page reopens it).
+A bad handshake (no key, another protocol version) is refused with the error body.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, current_app
-from flask_sock import Sock
-from simple_websocket import ConnectionClosed
+from flask import Flask, Response, current_app, request
+from simple_websocket import ConnectionClosed, Server
 
 from hwrcore import protocol
 
+from .api import error_response, public_health
 from .config import EdgeConfig
 from .messages import Context, handle_message
 
@@ -30,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # How often a quiet session looks up to see whether the server is shutting down.
 POLL_S = 1.0
+WS_VERSION = "13"
+EXTENSION = "hwr_sockets"
 
 
 class RateLimit:
@@ -82,39 +93,141 @@ def encode(reply: dict[str, Any]) -> str:
 
 
 def session(ws: Any, ctx: Context, config: EdgeConfig) -> None:
-    """Serve one socket until the client leaves or the server shuts down."""
+    """Serve one socket until the client leaves, stays silent too long or the server stops."""
     limit = RateLimit(config.ws_messages_per_second, config.ws_burst)
     log.debug("websocket session opened")
+    last = time.monotonic()
     while not ctx.closing.is_set():
+        quiet = time.monotonic() - last
+        if quiet >= config.ws_idle_timeout:
+            _close(ws, 1000, "closed after a long silence; open a new socket")
+            break
         try:
-            data = ws.receive(timeout=POLL_S)
-        except ConnectionClosed:
+            data = ws.receive(timeout=min(POLL_S, config.ws_idle_timeout - quiet))
+        except (ConnectionClosed, OSError):
             break
         if data is None:
             if not ws.connected:
                 break
             continue
+        last = time.monotonic()
         try:
-            ws.send(encode(answer(data, ctx, config, limit)))
-        except ConnectionClosed:
+            ws.send(encode(public_health(answer(data, ctx, config, limit))))
+        except (ConnectionClosed, OSError):  # a client that does not read is cut off
             break
-    if ctx.closing.is_set() and ws.connected:
-        try:
-            ws.close(1001, "the server is shutting down")
-        except ConnectionClosed:
-            pass
+    if ctx.closing.is_set():
+        _close(ws, 1001, "the server is shutting down")
     log.debug("websocket session closed")
 
 
-def init_app(app: Flask) -> Sock:
-    """Bind flask-sock to the app and register ``/ws``."""
-    sock = Sock(app)
-
-    @sock.route("/ws")
-    def ws_route(ws: Any) -> None:
-        session(ws, current_app.extensions["hwr"], current_app.config["HWR_CONFIG"])
-
-    return sock
+def _close(ws: Any, code: int, reason: str) -> None:
+    if ws.connected:
+        try:
+            ws.close(code, reason)
+        except (ConnectionClosed, OSError):
+            pass
 
 
-__all__ = ["RateLimit", "answer", "encode", "init_app", "session"]
+class SocketSlots:
+    """Open WebSockets, at most ``total`` and ``per_client`` of them (each holds a thread)."""
+
+    def __init__(self, total: int, per_client: int):
+        self.total = total
+        self.per_client = per_client
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> bool:
+        """Take a slot for ``client``; False when it or the server has all it may have."""
+        with self._lock:
+            if sum(self._open.values()) >= self.total or self._open[client] >= self.per_client:
+                return False
+            self._open[client] += 1
+            return True
+
+    def give_back(self, client: str) -> None:
+        with self._lock:
+            self._open[client] -= 1
+            if self._open[client] <= 0:
+                del self._open[client]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(self._open.values())
+
+
+def socket_limit(threads: int) -> int:
+    """WebSockets open at once: the server's threads, less a quarter (at least 2) kept for HTTP."""
+    return max(1, threads - max(2, threads // 4))
+
+
+def _handshake_error() -> Response | None:
+    """Why this upgrade request cannot become a WebSocket (an error response), or None."""
+    headers = request.headers
+    if "upgrade" not in {t.strip().lower() for t in headers.get("Connection", "").split(",")}:
+        return error_response("bad_request", "a WebSocket upgrade needs Connection: Upgrade")
+    if headers.get("Sec-WebSocket-Version", "").strip() != WS_VERSION:
+        resp = error_response("upgrade_required", f"only WebSocket version {WS_VERSION} is spoken")
+        resp.headers["Sec-WebSocket-Version"] = WS_VERSION
+        return resp
+    try:
+        key = base64.b64decode(headers.get("Sec-WebSocket-Key", "").strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 16:
+        return error_response("bad_request", "Sec-WebSocket-Key must be 16 bytes in base64")
+    return None
+
+
+class _Upgraded(Response):
+    """What the route returns once the socket has been served: the server writes nothing more."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        if self.mode == "gunicorn":
+            raise StopIteration()  # gunicorn: the connection is done with
+        if self.mode == "werkzeug":
+            return super().__call__(environ, start_response)
+        return []
+
+
+def ws_route() -> Response:
+    """``/ws``: check the handshake and the socket limits, then serve the session."""
+    refused = _handshake_error()
+    if refused is not None:
+        return refused
+    app = current_app
+    slots: SocketSlots = app.extensions[EXTENSION]
+    client = request.remote_addr or ""
+    if not slots.take(client):
+        return error_response("busy", "too many open sockets; the page works over HTTP meanwhile")
+    try:
+        try:
+            ws = Server(request.environ, **app.config.get("SOCK_SERVER_OPTIONS", {}))
+        except Exception:  # a handshake wsproto refuses: nothing was sent yet
+            return error_response("bad_request", "the WebSocket handshake is not valid")
+        try:
+            session(ws, app.extensions["hwr"], app.config["HWR_CONFIG"])
+        finally:
+            try:
+                ws.close()
+            except Exception:  # already closed by either side
+                pass
+        return _Upgraded(ws.mode)
+    finally:
+        slots.give_back(client)
+
+
+def init_app(app: Flask) -> SocketSlots:
+    """Register ``/ws`` with its limits on open sockets."""
+    config: EdgeConfig = app.config["HWR_CONFIG"]
+    slots = SocketSlots(socket_limit(config.threads), config.sockets_per_client)
+    app.extensions[EXTENSION] = slots
+    app.add_url_rule("/ws", "ws", ws_route, websocket=True)
+    return slots
+
+
+__all__ = ["RateLimit", "SocketSlots", "answer", "encode", "init_app", "session", "socket_limit"]

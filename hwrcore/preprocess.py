@@ -18,6 +18,8 @@ import base64
 import binascii
 import functools
 import io
+import struct
+import threading
 from collections.abc import Sequence
 from itertools import chain
 
@@ -35,7 +37,15 @@ MAX_STROKES = 64
 MAX_POINTS = 4096
 MAX_COORD = 100_000.0
 MAX_PNG_BYTES = 2_000_000
-MAX_PNG_PIXELS = 4_000_000
+# A canvas PNG is a few hundred pixels a side (840 at three device pixels per CSS pixel).
+MAX_PNG_SIDE = 2048
+MAX_PNG_PIXELS = 1 << 20
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Decoded images are reduced to at most this many pixels a side before any float copy.
+WORK_SIDE = 512
+# Large images decoded at once (a semaphore: memory, not speed, is what it bounds).
+DECODE_SLOTS = 2
+_DECODE_SLOTS = threading.BoundedSemaphore(DECODE_SLOTS)
 # A drawing whose ink spans less than this many canvas pixels in both directions is a dot.
 MIN_EXTENT = 2.0
 
@@ -314,15 +324,23 @@ def _reduce_matrix(hi: int, k: int, sigma: float) -> np.ndarray:
     return padded
 
 
-def decode_png(data: str | bytes) -> np.ndarray:
-    """Decode a canvas image (base64, optionally a data: URL, or raw bytes) to white-on-black 0..1.
+def png_size(raw: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk; InvalidDrawing if ``raw`` is not a PNG."""
+    if len(raw) < 33 or raw[:8] != PNG_SIGNATURE or raw[12:16] != b"IHDR":
+        raise InvalidDrawing("image is not a PNG", code="invalid_image")
+    width, height = struct.unpack(">II", raw[16:24])
+    return width, height
 
-    The paper's canvas is black ink on a white (or transparent) background; ink is found as
-    whatever differs from the background, so either polarity and an alpha channel work.
-    """
+
+def _png_bytes(data: str | bytes) -> bytes:
+    """The PNG bytes of a base64 string (optionally a data: URL) or of raw bytes, size-checked."""
     raw: bytes
     if isinstance(data, str):
-        text = data.split(",", 1)[1] if data.startswith("data:") else data
+        text = data
+        if data.startswith("data:"):
+            _, comma, text = data.partition(",")
+            if not comma:
+                raise InvalidDrawing("image is a data: URL without data", code="invalid_image")
         if len(text) > MAX_PNG_BYTES * 4 // 3 + 4:
             raise InvalidDrawing("image is too large", code="too_large")
         try:
@@ -335,28 +353,68 @@ def decode_png(data: str | bytes) -> np.ndarray:
         raise InvalidDrawing("image must be a base64 string", code="invalid_image")
     if len(raw) > MAX_PNG_BYTES:
         raise InvalidDrawing("image is too large", code="too_large")
-    try:
-        with Image.open(io.BytesIO(raw)) as im:
-            if im.width * im.height > MAX_PNG_PIXELS:
-                raise InvalidDrawing("image has too many pixels", code="too_large")
-            im.load()
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
-                lum = np.asarray(rgba.convert("L"), dtype=np.float32) / 255.0
-                if alpha.min() < 0.99:
-                    # Transparent background: ink is opaque wherever it is drawn.
-                    lum = 1.0 - (1.0 - lum) * alpha
-            else:
-                lum = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    except InvalidDrawing:
-        raise
-    except (OSError, ValueError, Image.DecompressionBombError):
-        raise InvalidDrawing("image is not a readable PNG", code="invalid_image") from None
+    return raw
+
+
+def decode_png(data: str | bytes) -> np.ndarray:
+    """Decode a canvas PNG (base64, optionally a data: URL, or raw bytes) to white-on-black 0..1.
+
+    The paper's canvas is black ink on a white (or transparent) background; ink is found as
+    whatever differs from the background, so either polarity and an alpha channel work.
+
+    Only PNG is read, and its size is checked from the IHDR chunk before a pixel is decoded.
+    Memory per image is bounded: at most MAX_PNG_PIXELS x 4 bytes decoded (4 MiB), reduced at
+    once to at most WORK_SIDE pixels a side (1 MiB as RGBA), and only that small copy becomes
+    float arrays (5 of at most 1 MiB): about 10 MiB in all, and at most DECODE_SLOTS images
+    are decoded at once, so a burst of large PNGs costs at most about 20 MiB together.
+    """
+    raw = _png_bytes(data)
+    width, height = png_size(raw)
+    if width < 1 or height < 1:
+        raise InvalidDrawing("image is not a readable PNG", code="invalid_image")
+    if width > MAX_PNG_SIDE or height > MAX_PNG_SIDE or width * height > MAX_PNG_PIXELS:
+        raise InvalidDrawing(
+            f"image is {width}x{height} pixels: at most {MAX_PNG_SIDE} a side and "
+            f"{MAX_PNG_PIXELS} in all",
+            code="too_large",
+        )
+    with _DECODE_SLOTS:
+        try:
+            lum = _luminance(raw)
+        except InvalidDrawing:
+            raise
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            raise InvalidDrawing("image is not a readable PNG", code="invalid_image") from None
     # Background is the most common value along the border.
     border = np.concatenate([lum[0], lum[-1], lum[:, 0], lum[:, -1]])
     background = float(np.median(border))
     return np.abs(lum - background).astype(np.float32)
+
+
+def _luminance(raw: bytes) -> np.ndarray:
+    """A PNG as float32 luminance 0..1 (transparent pixels read as white), at most WORK_SIDE a side."""
+    with Image.open(io.BytesIO(raw), formats=["PNG"]) as im:
+        if im.format != "PNG" or im.width * im.height > MAX_PNG_PIXELS:
+            raise InvalidDrawing("image is not a readable PNG", code="invalid_image")
+        im.load()
+        transparent = im.mode in ("RGBA", "LA", "PA") or (
+            im.mode == "P" and "transparency" in im.info
+        )
+        # Reduced first where the mode allows it, so no full-size copy is made.
+        full = im if im.mode in ("L", "LA", "RGB", "RGBA") else im.convert("RGBA")
+        factor = -(-max(full.width, full.height) // WORK_SIDE)
+        small = (full.reduce(factor) if factor > 1 else full).convert(
+            "RGBA" if transparent else "L"
+        )
+        del full
+    if transparent:
+        alpha = np.asarray(small.getchannel("A"), dtype=np.float32) / 255.0
+        lum = np.asarray(small.convert("L"), dtype=np.float32) / 255.0
+        if alpha.min() < 0.99:
+            # Transparent background: ink is opaque wherever it is drawn.
+            lum = 1.0 - (1.0 - lum) * alpha
+        return lum
+    return np.asarray(small, dtype=np.float32) / 255.0
 
 
 def png_to_input(data: str | bytes, style: str | Style = "mnist") -> np.ndarray:
@@ -388,6 +446,7 @@ __all__ = [
     "STYLES",
     "Style",
     "decode_png",
+    "png_size",
     "get_style",
     "image_to_input",
     "png_to_input",

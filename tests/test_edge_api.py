@@ -157,8 +157,8 @@ def test_healthz(client):
     assert body["uptime_s"] >= 0
 
 
-def test_paper_endpoints_take_a_form_or_json(client):
-    form = client.post("/predict", data={"image": png(SEVEN)})
+def test_paper_endpoints_take_json_and_refuse_forms(client):
+    form = client.post("/predict", json={"image": png(SEVEN)})
     assert form.status_code == 200
     body = form.get_json()
     assert body["prediction"] == body["label"] and body["model"]["name"]
@@ -166,11 +166,14 @@ def test_paper_endpoints_take_a_form_or_json(client):
     assert as_json.status_code == 200
     char_model = client.get("/healthz").get_json()["models"]["char"]
     assert as_json.get_json()["model"]["name"] == char_model["name"]
-    corr = client.post("/correct", data={"image": png(SEVEN), "label": "7"})
+    corr = client.post("/correct", json={"image": png(SEVEN), "label": "7"})
     assert corr.status_code == 200 and corr.get_json()["stored"] is True
-    assert_error(client.post("/predict", data={"mode": "digit"}), 400, "invalid_message")
-    assert_error(client.post("/correct", data={"image": png(SEVEN)}), 400, "invalid_label")
-    assert_error(client.post("/predict", data={"image": "!!"}), 400, "invalid_image")
+    assert_error(client.post("/predict", json={"mode": "digit"}), 400, "invalid_message")
+    assert_error(client.post("/correct", json={"image": png(SEVEN)}), 400, "invalid_label")
+    assert_error(client.post("/predict", json={"image": "!!"}), 400, "invalid_image")
+    # A form is what any web site can make a browser send: refused.
+    form = client.post("/correct", data={"image": png(SEVEN), "label": "7"})
+    assert_error(form, 415, "unsupported_media_type")
     assert_error(
         client.post("/predict", data=b"[1]", content_type="application/json"),
         400,
@@ -218,7 +221,7 @@ def test_oversized_bodies_get_413(client):
     assert_error(
         client.post("/api/predict", data=big, content_type="application/json"), 413, "too_large"
     )
-    assert_error(client.post("/predict", data={"image": "A" * 70_000}), 413, "too_large")
+    assert_error(client.post("/predict", json={"image": "A" * 70_000}), 413, "too_large")
 
 
 def test_framework_errors_share_the_error_shape(client, app):
