@@ -6,7 +6,7 @@ DATA_DIR ?= ../shared/data
 MODELS_DIR ?= models_export
 ARGS ?=
 
-.PHONY: run test lint format models models-digits models-characters evaluate bench venv install-edge install-all browser postgres clean
+.PHONY: run test lint format models models-digits models-characters evaluate bench demo venv install-edge install-sync install-all browser postgres clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,19 @@ venv: $(BIN)/python
 install-edge: venv
 	$(BIN)/pip install -q -e '.[edge]'
 
+install-sync: venv
+	$(BIN)/pip install -q -e '.[edge,sync]'
+
 install-all: venv
 	$(BIN)/pip install -q -e '.[all]'
 
 ## The main job: the classroom app with the shipped models, offline, on http://127.0.0.1:8000
 run: install-edge
 	$(BIN)/hwr-edge --models-dir $(MODELS_DIR) $(ARGS)
+
+## A school on this machine: a sync server on :8100 and two devices on :8001 and :8002
+demo: install-sync
+	$(BIN)/python deploy/demo.py
 
 ## Every test (installs what it needs: the venv with all extras, Debian's chromium and postgresql)
 test: install-all browser postgres
