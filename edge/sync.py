@@ -446,7 +446,8 @@ class SyncClient:
             try:
                 store.mark_synced(acked)
             except (StoreError, OSError) as exc:  # sent again later: the server says duplicate
-                log.error("sync: could not mark %d corrections synced: %s", len(acked), exc)
+                level = logging.INFO if self._stopping.is_set() else logging.ERROR
+                log.log(level, "sync: could not mark %d corrections synced: %s", len(acked), exc)
                 unacked.update(acked)
                 return
         with self._lock:
