@@ -158,3 +158,51 @@ def test_top_confusions_are_ordered_and_skip_the_diagonal() -> None:
         {"true": "z", "predicted": "y", "count": 3},
         {"true": "y", "predicted": "z", "count": 1},
     ]
+
+
+@pytest.mark.parametrize("model_copy", ["digits"], indirect=True)
+def test_evaluate_warns_of_a_class_almost_never_predicted(
+    model_copy: Path, data_dir: Path, capsys, monkeypatch
+) -> None:
+    """Swapping the labels 3 and 8 of the test images makes both classes' recall ~0: the
+    report, the manifest and stderr say so; the other classes carry no warning."""
+    import trainer.evaluate as ev
+
+    real = ev.load_test_images
+
+    def swapped(task, data_dir):
+        x, y = real(task, data_dir)
+        y = y.copy()
+        three, eight = y == 3, y == 8
+        y[three], y[eight] = 8, 3
+        return x, y
+
+    monkeypatch.setattr(ev, "load_test_images", swapped)
+    args = ["evaluate", "digits", "--manifest", str(model_copy), "--data-dir", str(data_dir)]
+    assert main([*args, "--limit", "300"]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if line.startswith("hwr-train: warning:")]
+    assert len(warned) == 2 and "class '3'" in warned[0] and "class '8'" in warned[1], err
+    report = json.loads((model_copy.parent / "digits.eval.json").read_text())
+    assert [w.split("'")[1] for w in report["warnings"]] == ["3", "8"]
+    metrics = load_manifest(model_copy, verify=True).metrics
+    recall = metrics["per_class_recall"]
+    assert set(recall) == {str(d) for d in range(10)}
+    assert recall["3"] < 0.2 and recall["8"] < 0.2 and recall["1"] > 0.9
+    assert metrics["min_recall"] == min(recall.values())
+    assert len(metrics["warnings"]) == 2
+    md = (model_copy.parent / "digits.eval.md").read_text()
+    assert "## Warnings" in md and "class '3' recall" in md
+    # With the true labels, no warning.
+    monkeypatch.setattr(ev, "load_test_images", real)
+    assert main([*args, "--limit", "300"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert load_manifest(model_copy).metrics["warnings"] == []
+
+
+def test_low_recall_warnings_by_hand() -> None:
+    from trainer.evaluate import LOW_RECALL, low_recall_warnings
+
+    s = score(np.array([0, 0, 0, 0, 0, 1, 1, 2]), np.array([0, 0, 0, 0, 1, 0, 0, 2]), "abc")
+    got = low_recall_warnings(s, "test")
+    assert LOW_RECALL == 0.2 and len(got) == 1 and got[0].startswith("class 'b' recall 0.0%")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 log = logging.getLogger("hwr-train")
 
@@ -25,6 +26,9 @@ def _add_train(sub) -> None:
     p.add_argument("--extra")
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--init-from", help="a trained .keras model to fine-tune from")
+    p.add_argument(
+        "--relabel", help="characters: a relabel list (hwr-train relabel) for the training split"
+    )
     p.add_argument(
         "--val-size", type=int, help="training images held out for validation (0: train on all)"
     )
@@ -52,6 +56,7 @@ def cmd_train(args) -> int:
         "warmup_epochs",
         "init_from",
         "val_size",
+        "relabel",
     )
     cfg = load_config(args.task, args.config, {k: getattr(args, k) for k in keys})
     path = train(cfg)
@@ -94,6 +99,78 @@ def cmd_download(args) -> int:
     return 0
 
 
+def _add_relabel(sub) -> None:
+    p = sub.add_parser(
+        "relabel",
+        help="find lower-case f shapes inside EMNIST's F class; write the relabel list",
+        description="Train positive-unlabelled CNNs ('f' against the mixed 'F', out of fold) on "
+        "the training split and list the F images whose chance of being an f shape is over the "
+        "threshold, keyed by image content; the test split's F images are scored by the same "
+        "models (never trained on) for a relabelled copy of the test figure.",
+    )
+    p.add_argument("task", choices=["characters"])
+    p.add_argument("--data-dir")
+    p.add_argument("--out", help="the list to write (default: trainer/relabels/characters-f.json)")
+    p.add_argument("--source", default="F", help="the mixed class (default F)")
+    p.add_argument("--target", default="f", help="the class its images move to (default f)")
+    p.add_argument("--threshold", type=float, default=0.5, help="posterior over which to move")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--sheets", help="a folder for contact-sheet PNGs of the scored images")
+
+
+def cmd_relabel(args) -> int:
+    import numpy as np
+
+    from hwrcore.labels import CHARACTER_LABELS
+
+    from .data import load_task
+    from .relabel import DEFAULT_LIST, contact_sheet, relabel_list, save_list
+
+    if not 0.0 < args.threshold < 1.0 or args.folds < 2 or args.epochs < 1:
+        raise ValueError("--threshold must lie in (0, 1), --folds be 2 or more, --epochs 1 or more")
+    labels = list(CHARACTER_LABELS)
+    for name in (args.source, args.target):
+        if name not in labels:
+            raise ValueError(f"unknown class {name!r}; known: {labels}")
+    tx, ty = load_task(args.task, args.data_dir, "train")
+    vx, vy = load_task(args.task, args.data_dir, "test")
+    src, dst = labels.index(args.source), labels.index(args.target)
+    doc, result, post, test_post = relabel_list(
+        tx,
+        ty,
+        vx,
+        vy,
+        source=src,
+        target=dst,
+        labels=labels,
+        threshold=args.threshold,
+        folds=args.folds,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
+    out = Path(args.out) if args.out else DEFAULT_LIST
+    save_list(doc, out)
+    if args.sheets:
+        sheets = Path(args.sheets)
+        sheets.mkdir(parents=True, exist_ok=True)
+        contact_sheet(tx[ty == src], post, sheets / f"train-{args.source}-by-posterior.png")
+        contact_sheet(
+            tx[ty == dst],
+            result.pos_scores / max(result.c, 1e-6),
+            sheets / f"train-{args.target}-by-score.png",
+        )
+        contact_sheet(vx[vy == src], test_post, sheets / f"test-{args.source}-by-posterior.png")
+        np.savez(sheets / "scores.npz", post=post, pos=result.pos_scores, test_post=test_post)
+    print(
+        f"{out}: {doc['train']['moved']} of {doc['train']['n_source']} training "
+        f"{args.source!r} images move to {args.target!r} (expected {doc['expected_positives_in_source']}, "
+        f"c = {doc['c']:.3f}); test: {doc['test']['moved']} of {doc['test']['n_source']}"
+    )
+    return 0
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -104,6 +181,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--limit", type=int, help="evaluate only the first N test images")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads")
+    p.add_argument(
+        "--relabel",
+        help="a relabel list for a relabelled test copy (default: the model's own; '' for none)",
+    )
 
 
 def cmd_evaluate(args) -> int:
@@ -112,16 +193,76 @@ def cmd_evaluate(args) -> int:
     if args.limit is not None and args.limit <= 0:
         raise ValueError("--limit must be a positive number of images")
     manifest = args.manifest or f"models_export/{args.task}.json"
-    report = evaluate(args.task, manifest, args.data_dir, limit=args.limit, threads=args.threads)
+    report = evaluate(
+        args.task,
+        manifest,
+        args.data_dir,
+        limit=args.limit,
+        threads=args.threads,
+        relabel=args.relabel,
+    )
     test = report["test"]
     print(
         f"{report['name']} {report['version']}: accuracy {test['accuracy']:.4f}, "
-        f"macro F1 {test['macro_f1']:.4f} on {report['measured_on']}"
+        f"macro recall {test['macro_recall']:.4f}, macro F1 {test['macro_f1']:.4f} "
+        f"on {report['measured_on']}"
     )
+    if "test_relabelled" in report:
+        re = report["test_relabelled"]
+        print(
+            f"relabelled test copy ({re['moved']} images moved): accuracy {re['accuracy']:.4f}, "
+            f"macro recall {re['macro_recall']:.4f}"
+        )
+    for w in report["warnings"]:
+        print(f"hwr-train: warning: {w}", file=sys.stderr)
     if "pendigits" in report:
         pen = report["pendigits"]
         print(f"pendigits test writers: accuracy {pen['accuracy']:.4f} ({pen['n']} drawings)")
     print(f"reports: {', '.join(report['files'].values())} beside {manifest}")
+    return 0
+
+
+def _add_validate(sub) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="score an int8 model on the validation slice held out of the training split",
+    )
+    p.add_argument("task", choices=["digits", "characters"])
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--data-dir")
+    p.add_argument("--val-size", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--relabel", help="a relabel list: also score the relabelled slice")
+    p.add_argument("--classes", default="", help="classes whose recall to print, e.g. fFILgq")
+    p.add_argument("--out", help="write every figure to this JSON file")
+
+
+def cmd_validate(args) -> int:
+    import json
+
+    from .evaluate import validate
+
+    res = validate(
+        args.task,
+        args.manifest,
+        args.data_dir,
+        val_size=args.val_size,
+        seed=args.seed,
+        relabel=args.relabel,
+    )
+    for key in ("as_is", "relabelled"):
+        if key not in res:
+            continue
+        r = res[key]
+        recall = {c["label"]: c["recall"] for c in r["per_class"] if c["support"]}
+        some = " ".join(f"{c} {recall[c]:.3f}" for c in args.classes if c in recall)
+        print(
+            f"{key}: accuracy {r['accuracy']:.4f}, macro recall {r['macro_recall']:.4f}, "
+            f"min recall {min(recall.values()):.3f} ({min(recall, key=recall.get)}) on "
+            f"{res['n']} validation images; {some}"
+        )
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     return 0
 
 
@@ -165,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_export(sub)
     _add_evaluate(sub)
+    _add_relabel(sub)
+    _add_validate(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -175,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         "train": cmd_train,
         "export": cmd_export,
         "evaluate": cmd_evaluate,
+        "relabel": cmd_relabel,
+        "validate": cmd_validate,
     }
     try:
         return handlers[args.command](args)

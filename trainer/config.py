@@ -40,6 +40,9 @@ class TrainConfig:
     max_steps: int = 0  # >0: stop each epoch after this many steps (smoke tests)
     limit: int = 0  # >0: use only this many training images (smoke tests)
     init_from: str = ""  # a trained .keras model to start from (fine-tuning)
+    relabel: str = (
+        ""  # characters: a relabel list (hwr-train relabel) applied to the training split
+    )
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:

@@ -132,8 +132,34 @@ def digits_data(cfg, cache: Path) -> dict[str, Split]:
 
 
 def characters_data(cfg, cache: Path) -> dict[str, Split]:
-    """Train/validation splits for the character model (37 ByMerge letter classes)."""
+    """Train/validation splits for the character model (37 ByMerge letter classes).
+
+    With ``cfg.relabel`` the listed training images move class (trainer.relabel) before the
+    holdout; validation is then measured on the relabelled slice ("val") and on the same
+    images with their original labels ("val_asis").
+    """
+    from hwrcore.labels import CHARACTER_LABELS
+
     root = resolve_data_dir(cfg.data_dir or None)
     x, y = load_emnist(root, "train", "letters")
+    y_asis = y
+    if cfg.relabel:
+        from .relabel import apply_relabel, load_list
+
+        doc = load_list(cfg.relabel)
+        y, moved = apply_relabel(x, y, doc, list(CHARACTER_LABELS), "train")
+        log.info(
+            "relabelled %d training images %r -> %r (%s)",
+            moved,
+            doc["from"],
+            doc["to"],
+            cfg.relabel,
+        )
     train, val = _holdout(x, y, cfg.val_size, cfg.seed)
-    return {"train": train, "val": val} if val else {"train": train}
+    out = {"train": train}
+    if val:
+        out["val"] = val
+        if cfg.relabel:
+            _, val_asis = _holdout(x, y_asis, cfg.val_size, cfg.seed)
+            out["val_asis"] = val_asis
+    return out

@@ -198,10 +198,15 @@ def evaluate(
     data_dir: str | os.PathLike | None = None,
     limit: int | None = None,
     threads: int = 1,
+    relabel: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model of ``manifest_path`` on its task's test split; write reports and metrics.
 
-    ``limit`` evaluates only the first images (the figures say so). Returns the report.
+    ``limit`` evaluates only the first images (the figures say so). ``relabel``: a relabel list
+    whose test entries make a relabelled copy of the test split, scored beside it (default:
+    the list the model was trained with, if its manifest names one; "" for none). Any class
+    with recall under LOW_RECALL is listed in the report's ``warnings`` and logged.
+    Returns the report.
     """
     from edge.classifier import Classifier, ClassifierOptions
 
@@ -219,8 +224,9 @@ def evaluate(
     if limit:
         x, y = x[:limit], y[:limit]
     t0 = time.perf_counter()
-    result = score(y, predict(clf, x), labels)
+    pred = predict(clf, x)
     seconds = time.perf_counter() - t0
+    result = score(y, pred, labels)
     n = result["n"]
     which = f"{n:,}" if n == total else f"first {n:,} of {total:,}"
     measured_on = f"{TEST_SETS[task]} ({which}), int8, {clf.runtime}"
@@ -236,6 +242,23 @@ def evaluate(
         "ms_per_image": 1000.0 * seconds / max(1, n),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+    report["warnings"] = low_recall_warnings(result, "test")
+    relabel = relabel if relabel is not None else _manifest_relabel(manifest, manifest_path)
+    if relabel:
+        from .relabel import apply_relabel, load_list
+
+        doc = load_list(relabel)
+        u8 = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+        y_re, moved = apply_relabel(u8, y, doc, list(labels), "test")
+        re = score(y_re, pred, labels)
+        re["measured_on"] = (
+            f"a relabelled copy of {measured_on}: {moved} test {doc['from']!r} images that the "
+            f"training split's PU classifier scores as {doc['to']!r} shapes moved to "
+            f"{doc['to']!r} ({Path(relabel).name})"
+        )
+        re["moved"] = moved
+        report["test_relabelled"] = re
+        report["warnings"] += low_recall_warnings(re, "relabelled test")
     if task == "digits":
         px, py = pendigits_inputs(data_dir, manifest.style, limit)
         pen = score(py, predict(clf, px), labels)
@@ -244,6 +267,9 @@ def evaluate(
             f"'{manifest.style}' preprocessing), int8, {clf.runtime}"
         )
         report["pendigits"] = pen
+        report["warnings"] += low_recall_warnings(pen, "pendigits")
+    for w in report["warnings"]:
+        log.warning("%s %s: %s", manifest.name, manifest.version, w)
     base = manifest_path.parent / manifest.name
     paths = {
         "json": base.with_name(base.name + ".eval.json"),
@@ -266,6 +292,38 @@ def evaluate(
     return report
 
 
+LOW_RECALL = 0.20
+
+
+def low_recall_warnings(result: dict[str, Any], where: str) -> list[str]:
+    """One line per class seen in ``result`` whose recall is under LOW_RECALL."""
+    return [
+        f"class {c['label']!r} recall {c['recall']:.1%} on {where} ({c['support']} images): "
+        f"it is almost never predicted"
+        for c in result["per_class"]
+        if c["support"] and c["recall"] < LOW_RECALL
+    ]
+
+
+def _manifest_relabel(manifest: Any, manifest_path: Path) -> str | None:
+    """The relabel list a model was trained with, as its manifest records it, if it exists."""
+    info = (manifest.training or {}).get("relabel") or {}
+    name = info.get("file")
+    if not name:
+        return None
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent, manifest_path.parent):
+        if (base / name).is_file():
+            return str(base / name)
+    log.warning(
+        "relabel list %s named by %s not found: no relabelled test copy", name, manifest_path
+    )
+    return None
+
+
+def _recalls(result: dict[str, Any]) -> dict[str, float]:
+    return {c["label"]: round(c["recall"], 4) for c in result["per_class"] if c["support"]}
+
+
 def _record_metrics(manifest_path: Path, report: dict[str, Any]) -> None:
     """Write the headline figures into the manifest (its sha256 covers the model file only)."""
     manifest = load_manifest(manifest_path, verify=True)
@@ -276,8 +334,20 @@ def _record_metrics(manifest_path: Path, report: dict[str, Any]) -> None:
             "macro_f1": round(test["macro_f1"], 6),
             "n": test["n"],
             "measured_on": report["measured_on"],
+            "macro_recall": round(test["macro_recall"], 6),
+            "min_recall": min(_recalls(test).values(), default=0.0),
+            "per_class_recall": _recalls(test),
+            "warnings": list(report.get("warnings", [])),
         }
     )
+    for key in ("test_relabelled_accuracy", "test_relabelled_macro_recall"):
+        manifest.metrics.pop(key, None)
+    manifest.metrics.pop("per_class_recall_relabelled", None)
+    if "test_relabelled" in report:
+        re = report["test_relabelled"]
+        manifest.metrics["test_relabelled_accuracy"] = round(re["accuracy"], 6)
+        manifest.metrics["test_relabelled_macro_recall"] = round(re["macro_recall"], 6)
+        manifest.metrics["per_class_recall_relabelled"] = _recalls(re)
     if "pendigits" in report:
         manifest.metrics["pendigits_test_accuracy"] = round(report["pendigits"]["accuracy"], 6)
         manifest.metrics["pendigits_n"] = report["pendigits"]["n"]
@@ -301,16 +371,32 @@ def markdown(report: dict[str, Any]) -> str:
         f"| macro F1 | {test['macro_f1']:.4f} |",
         f"| images | {test['n']:,} |",
     ]
+    re = report.get("test_relabelled")
+    if re:
+        lines.append(f"| accuracy, relabelled test copy | {re['accuracy']:.2%} |")
+        lines.append(f"| macro recall, relabelled test copy | {re['macro_recall']:.4f} |")
     if "pendigits" in report:
         pen = report["pendigits"]
         lines.append(f"| pendigits test accuracy | {pen['accuracy']:.2%} ({pen['n']:,} drawings) |")
-    lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |"]
-    lines.append("| --- | --- | --- | --- | --- |")
-    for c in test["per_class"]:
-        lines.append(
+    if report.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+    if re:
+        lines += ["", f"Relabelled copy: {re['measured_on']}."]
+    head = "| class | precision | recall | F1 | support |"
+    rule = "| --- | --- | --- | --- | --- |"
+    if re:
+        head += " recall, relabelled | support, relabelled |"
+        rule += " --- | --- |"
+    lines += ["", "## Per class", "", head, rule]
+    for i, c in enumerate(test["per_class"]):
+        row = (
             f"| {c['label']} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} "
             f"| {c['support']} |"
         )
+        if re:
+            r = re["per_class"][i]
+            row += f" {r['recall']:.4f} | {r['support']} |"
+        lines.append(row)
     lines += ["", "## Most frequent confusions", "", "| true | predicted | count |"]
     lines.append("| --- | --- | --- |")
     lines += [f"| {c['true']} | {c['predicted']} | {c['count']} |" for c in test["top_confusions"]]
@@ -334,6 +420,61 @@ def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def validate(
+    task: str,
+    manifest_path: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    val_size: int = 5000,
+    seed: int = 1234,
+    relabel: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Score an int8 model on the validation slice held out of the training split.
+
+    The slice is the one training holds out with the same ``val_size`` and ``seed``, so
+    models trained with those settings are compared on images none of them saw. With
+    ``relabel``, also on the slice's relabelled labels (the list's training entries).
+    """
+    from edge.classifier import Classifier
+
+    from .datasets import _holdout
+
+    x, y = load_task(task, data_dir, "train")
+    _, val = _holdout(x, y, val_size, seed)
+    if val is None:
+        raise ValueError("val_size must be positive to validate")
+    clf = Classifier(manifest_path)
+    labels = clf.manifest.labels
+    pred = predict(clf, val.x.astype(np.float32) / 255.0)
+    out: dict[str, Any] = {"n": len(val.y), "as_is": score(val.y, pred, labels)}
+    if relabel:
+        from .relabel import apply_relabel, load_list
+
+        y_re, moved = apply_relabel(val.x, val.y, load_list(relabel), list(labels), "train")
+        out["relabelled"] = score(y_re, pred, labels)
+        out["relabelled"]["moved"] = moved
+    return out
+
+
+def relabel_record(path: str | os.PathLike) -> dict[str, Any]:
+    """What the manifest records of a relabel list: its file, sha256, classes and count."""
+    from .relabel import list_sha256, load_list
+
+    doc = load_list(path)
+    p = Path(path).resolve()
+    root = Path(__file__).resolve().parent.parent
+    name = str(p.relative_to(root)) if p.is_relative_to(root) else str(path)
+    return {
+        "file": name,
+        "sha256": list_sha256(p),
+        "from": doc["from"],
+        "to": doc["to"],
+        "moved": len(doc["train_hashes"]),
+        "of": doc.get("train", {}).get("n_source"),
+        "method": doc.get("method", ""),
+    }
 
 
 def export_with_agreement(
@@ -363,6 +504,14 @@ def export_with_agreement(
     if task == "digits":
         writers = len({s.writer for s in load_pendigits(data_dir, "train")})
     training["data"] = training_data(task, training.get("config", {}), len(train_x), writers)
+    relabel = training.get("config", {}).get("relabel")
+    if relabel:
+        training["relabel"] = relabel_record(relabel)
+        doc = training["relabel"]
+        training["data"] += (
+            f"; {doc['moved']} training {doc['from']!r} images relabelled {doc['to']!r} "
+            f"({doc['file']}, {doc['method']})"
+        )
     history = model_path.parent / "validation.jsonl"
     if history.is_file():
         rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
