@@ -88,9 +88,10 @@ def _image(item: dict) -> bytes:
             "invalid_image", f"image must be {IMAGE_FLOATS} float32 (28x28), got {len(raw) // 4}"
         )
     a = np.frombuffer(raw, dtype="<f4")
-    if not np.isfinite(a).all():
-        raise Rejected("invalid_image", "image values must be finite")
-    if a.min() < 0.0 or a.max() > 1.0:
+    lo, hi = float(a.min()), float(a.max())  # NaN anywhere makes both NaN
+    if not (0.0 <= lo and hi <= 1.0):
+        if math.isnan(lo):
+            raise Rejected("invalid_image", "image values must be finite")
         raise Rejected("out_of_range", "image values must lie in 0..1")
     return raw
 
@@ -167,25 +168,26 @@ def check_item(item: object) -> Checked:
         embedding = _floats(item["embedding"], "embedding", "invalid_field")
         if not 0 < len(embedding) // 4 <= MAX_EMBEDDING:
             raise Rejected("invalid_field", f"embedding must hold 1 to {MAX_EMBEDDING} float32")
-        if not np.isfinite(np.frombuffer(embedding, dtype="<f4")).all():
+        total = np.add.reduce(np.frombuffer(embedding, dtype="<f4"), dtype=np.float64)
+        if not math.isfinite(float(total)):  # NaN or infinity anywhere (float64 cannot overflow)
             raise Rejected("invalid_field", "embedding values must be finite")
     embedding_version = _text(item, "embedding_version", item.get("embedding_version"))
-    content = {
-        "id": cid,
-        "mode": mode,
-        "label": label,
-        "image": hashlib.sha256(image).hexdigest(),
-        "strokes": strokes,
-        "predicted": predicted,
-        "confidence": confidence,
-        "model": [model_name, model_version],
-        "created": created,
-        "embedding": None if embedding is None else hashlib.sha256(embedding).hexdigest(),
-        "embedding_version": embedding_version,
-    }
-    digest = hashlib.sha256(
-        json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
+    # The content is everything but ``updated``, in a fixed order (arrays by their sha256).
+    content = [
+        cid,
+        mode,
+        label,
+        hashlib.sha256(image).hexdigest(),
+        strokes,
+        predicted,
+        confidence,
+        model_name,
+        model_version,
+        created,
+        None if embedding is None else hashlib.sha256(embedding).hexdigest(),
+        embedding_version,
+    ]
+    digest = hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
     row = {
         "uuid": cid,
         "mode": mode,
