@@ -295,12 +295,29 @@ class Tunnel:
     @property
     def state(self) -> str:
         """idle, starting, open, failed or closed."""
+        self._check_agent()
         return self._state
 
     @property
     def url(self) -> str | None:
         """The public URL while the tunnel is open."""
-        return self._url if self._state == "open" else None
+        return self._url if self.state == "open" else None
+
+    def _check_agent(self) -> None:
+        """An open tunnel whose agent process has exited is failed, said once in the log."""
+        proc = self._proc
+        if self._state != "open" or proc is None or proc.poll() is None:
+            return
+        message = (
+            f"ngrok tunnel lost: the ngrok agent exited (code {proc.returncode}); {LOCAL_ONLY}"
+        )
+        with self._lock:
+            if self._state != "open":
+                return
+            self._state, self._error, self._url = "failed", message, None
+        log.warning("%s", message)
+        self._bounded(self._kill_agent, 3.0)
+        self._notify()
 
     @property
     def error(self) -> str | None:
@@ -314,7 +331,8 @@ class Tunnel:
 
     def status(self) -> dict:
         """The tunnel as health reports it: state, url, error."""
-        return {"state": self._state, "url": self.url, "error": self._error}
+        url = self.url
+        return {"state": self._state, "url": url, "error": self._error}
 
     def mask(self, text: str) -> str:
         """``text`` with this tunnel's token and basic-auth passwords replaced by ***."""

@@ -340,3 +340,32 @@ def test_protection_options_ngrok_would_refuse_are_refused_here(options, message
 
 def test_no_protection_options_means_no_policy():
     assert traffic_policy() is None
+
+
+def test_an_agent_that_dies_after_opening_turns_the_tunnel_failed(agent, caplog):
+    seen = []
+    tunnel = make(agent, on_change=lambda t: seen.append(t.state))
+    try:
+        assert tunnel.open()
+        os.kill(tunnel.pid, 9)
+        deadline = time.monotonic() + 5
+        while alive(tunnel.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)
+        assert tunnel.status() == {
+            "state": "failed",
+            "url": None,
+            "error": "ngrok tunnel lost: the ngrok agent exited (code -9); serving locally only",
+        }
+        assert seen == ["open", "failed"]
+        assert caplog.text.count("ngrok tunnel lost") == 1
+    finally:
+        tunnel.close()
+
+
+def test_importing_the_module_does_not_import_pyngrok():
+    import subprocess
+
+    code = "import sys, hwrcore.tunnel; print('pyngrok' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
