@@ -22,7 +22,11 @@ take no v2 ``basic_auth``/``oauth``/``ip_restriction`` fields), rules in this or
 The auth token comes from ``NGROK_AUTHTOKEN`` or a token file, goes to the agent in a private
 (0600) config file rather than on its command line, and is masked in every message, exception and
 pyngrok log record. pyngrok's own loggers are set to WARNING (ngrok's echoed lines to silent)
-unless the application set their levels itself.
+unless the application set their levels itself. The policy is sent as an object, the shape of an
+``endpoints:`` entry in the agent config file (the cloud API's string form is not used here).
+
+pyngrok keeps one agent per binary path per Python process and holds one global lock while any
+agent starts, so a process runs one Tunnel at a time; the time bound here kills a stuck start.
 """
 
 from __future__ import annotations
