@@ -464,9 +464,34 @@ def recover(path: str | Path) -> Recovery:
     return Recovery(state, max(seq, top), source, error, live, replayed, missing)
 
 
-def read_store(path: str | Path) -> list[Correction]:
-    """Every correction of a store, snapshot and journal, read without locking or writing."""
-    return [r.correction() for r in recover(path).rows.values()]
+def _file_ids(path: Path) -> tuple[tuple[int, int] | None, ...]:
+    """(device, inode) of the snapshot and journal files: compaction replaces them by rename."""
+    out = []
+    for suffix in ("", ".bak", ".journal", ".journal.old"):
+        try:
+            st = os.stat(_sibling(path, suffix))
+            out.append((st.st_dev, st.st_ino))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)
+
+
+def read_store(path: str | Path, attempts: int = 50) -> list[Correction]:
+    """Every correction of a store, snapshot and journal, read without locking or writing.
+
+    A writer may compact while this reads, renaming the files between the snapshot and the
+    journals; a read that saw any file replaced is read again, so the result is one state.
+    """
+    path = Path(path)
+    for _ in range(attempts - 1):
+        before = _file_ids(path)
+        rec = recover(path)
+        if _file_ids(path) == before:
+            break
+        time.sleep(0.01)
+    else:
+        rec = recover(path)
+    return [r.correction() for r in rec.rows.values()]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -523,6 +548,7 @@ class CorrectionStore:
         self._evict_reported = 0  # of which the log has been told
         self._evict_logged = -math.inf
         self._last_compaction: dict[str, Any] | None = None
+        self._compaction_failures = 0  # background compactions failed in a row
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._take_lock(lock_timeout)
         try:
@@ -776,6 +802,7 @@ class CorrectionStore:
         except Exception:  # logged, never lost in a thread; the journal still has every change
             log.exception("compaction of %s failed; the journal keeps every change", self.path.name)
             with self._lock:
+                self._compaction_failures += 1
                 self._next_compact = self._journal_records + self._compact_every
         finally:
             with self._lock:
@@ -815,6 +842,7 @@ class CorrectionStore:
             self._journal_bytes = len(tail)
             self._journal_records -= records
             self._next_compact = self._compact_every
+            self._compaction_failures = 0
             self._last_compaction = {
                 "at": time.time(),
                 "rows": len(rows),
@@ -911,6 +939,7 @@ class CorrectionStore:
                 "evicted": {"synced": self._evicted, "pending": 0},
                 "recovered": dict(self._recovery),
                 "last_compaction": self._last_compaction,
+                "compaction_failures": self._compaction_failures,
                 "closed": self._closed,
             }
 
