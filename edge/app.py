@@ -35,8 +35,8 @@ from hwrcore.store import CorrectionStore
 
 from . import api, ws
 from .config import EdgeConfig, load_config
-from .delivery import (
-    ModelUpdater,
+from .delivery import ModelUpdater
+from .installed import (
     describe,
     keep_embeddings,
     open_installed,
@@ -64,7 +64,7 @@ def _personaliser(model: LoadedModel, store: CorrectionStore, cap: int) -> Perso
     """A personaliser for one mode, loaded with the newest ``cap`` stored corrections.
 
     Corrections embedded by another model version are embedded again by this one (see
-    :func:`edge.delivery.personaliser_for`) and the new vectors kept in the store.
+    :func:`edge.installed.personaliser_for`) and the new vectors kept in the store.
     """
     embedded = personaliser_for(model, store, cap)
     keep_embeddings(model, store, embedded.redone)
