@@ -384,3 +384,45 @@ def test_a_publish_from_another_process_reaches_the_notifier(app, tmp_path):
         {"type": "release", "mode": "digit", "name": "digits", "version": "1.3.0", "sequence": 2}
     ]
     assert s.notifier.poll() == []  # once only
+
+
+# -- configuration and the signing key (no database) --------------------------------------------
+def test_config_layers_refuse_unknown_keys_and_mask_secrets(tmp_path):
+    from sync_server.config import ConfigError
+
+    toml = tmp_path / "sync.toml"
+    toml.write_text('[sync]\nport = 8200\nlog_level = "debug"\n')
+    env = {"HWR_SYNC_PORT": "8300", "HWR_SYNC_ADMIN_TOKEN": "s3cret"}
+    c = load_config(toml, env=env, overrides={"port": 8400, "data_dir": tmp_path})
+    assert (c.port, c.log_level, c.admin_secret()) == (8400, "debug", "s3cret")
+    assert c.db_url == f"sqlite:///{tmp_path / 'sync.db'}"
+    assert load_config(toml, env=env).port == 8300
+    shown = c.to_dict()
+    assert shown["admin_token"] == "(set)" and "s3cret" not in json.dumps(shown)
+    pg = load_config(env={"HWR_SYNC_DATABASE_URL": "postgresql+psycopg://u:pw@h/db"})
+    assert pg.to_dict()["database_url"] == "postgresql+psycopg://u:***@h/db"
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("from-a-file\n")
+    assert load_config(env={"HWR_SYNC_ADMIN_TOKEN_FILE": str(token_file)}).admin_secret() == (
+        "from-a-file"
+    )
+    toml.write_text("prot = 1\n")
+    with pytest.raises(ConfigError, match="unknown setting 'prot'"):
+        load_config(toml, env={})
+    with pytest.raises(ConfigError, match="unknown setting 'max_bach'"):
+        load_config(env={"HWR_SYNC_MAX_BACH": "5"})
+    with pytest.raises(ConfigError, match="cannot be a flag"):
+        load_config(env={}, overrides={"admin_token": "x"})
+    with pytest.raises(ConfigError, match="port"):
+        load_config(env={"HWR_SYNC_PORT": "99999"})
+
+
+def test_signing_key_is_made_0600_kept_and_refused_when_loose(tmp_path):
+    from sync_server.keys import SigningKeyError, key_path, load_or_create_key
+
+    first = load_or_create_key(tmp_path)
+    assert key_path(tmp_path).stat().st_mode & 0o777 == 0o600
+    assert rel.public_key_text(load_or_create_key(tmp_path)) == rel.public_key_text(first)
+    key_path(tmp_path).chmod(0o640)
+    with pytest.raises(SigningKeyError, match="0640"):
+        load_or_create_key(tmp_path)
