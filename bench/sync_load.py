@@ -1,6 +1,6 @@
 """Load on one real ``hwr-sync-server`` (SQLite): N devices each upload a batch at once.
 
-    .venv/bin/python bench/sync_load.py [--devices 100] [--per-device 100] [--workers 1]
+    .venv/bin/python bench/sync_load.py [--devices 100] [--per-device 100] [--workers 2]
 
 Starts the server on a free port in a temporary data directory, registers the devices, builds
 every body first, then releases all device threads at once (one HTTP connection each) and
