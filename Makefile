@@ -6,7 +6,7 @@ DATA_DIR ?= ../shared/data
 MODELS_DIR ?= models_export
 ARGS ?=
 
-.PHONY: run test lint format models models-digits models-characters evaluate bench demo venv install-edge install-sync install-all browser postgres clean
+.PHONY: run test lint format models models-digits models-characters models-relabel evaluate bench demo venv install-edge install-sync install-all browser postgres clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,10 +62,15 @@ models-digits: install-all
 	$(BIN)/hwr-train export digits --model build/digits/model.keras --data-dir $(DATA_DIR) --out $(MODELS_DIR)
 	$(BIN)/hwr-train evaluate digits --manifest $(MODELS_DIR)/digits.json --data-dir $(DATA_DIR)
 
+# Training applies the committed relabel list (lower-case f shapes inside EMNIST's F);
+# models-relabel computes it again from the training split (about 10 minutes).
 models-characters: install-all
-	$(BIN)/hwr-train train characters --data-dir $(DATA_DIR) --epochs 8
-	$(BIN)/hwr-train export characters --model build/characters/model.keras --data-dir $(DATA_DIR) --out $(MODELS_DIR)
+	$(BIN)/hwr-train train characters --data-dir $(DATA_DIR) --epochs 8 --relabel trainer/relabels/characters-f.json
+	$(BIN)/hwr-train export characters --model build/characters/model.keras --data-dir $(DATA_DIR) --out $(MODELS_DIR) --version 1.1.0
 	$(BIN)/hwr-train evaluate characters --manifest $(MODELS_DIR)/characters.json --data-dir $(DATA_DIR)
+
+models-relabel: install-all
+	$(BIN)/hwr-train relabel characters --data-dir $(DATA_DIR) --out trainer/relabels/characters-f.json --sheets build/relabel
 
 evaluate: install-all
 	$(BIN)/hwr-train evaluate digits --manifest $(MODELS_DIR)/digits.json --data-dir $(DATA_DIR)
