@@ -716,6 +716,7 @@ def test_a_page_from_another_origin_stores_nothing(tmp_path):
         assert status == 200 and counts == {"digit": 1, "char": 0}, (results, counts)
     finally:
         other.shutdown()
+        other.server_close()
         edge.stop()
 
 
