@@ -61,6 +61,8 @@ class SyncConfig:
     workers: int = 2  # gunicorn worker processes (rate limits are counted per worker)
     threads: int = 32  # threads per worker: one per open notify socket, plus HTTP
     log_level: str = "info"
+    admin_session_minutes: int = 480  # how long a dashboard sign-in lasts
+    proxy_hops: int = 0  # proxies (a tunnel, nginx) in front that set X-Forwarded-*; 0: none
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -71,7 +73,16 @@ class SyncConfig:
         """Reject values the server cannot run with, naming the setting."""
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
-        for name in ("max_body_bytes", "max_batch", "rate_burst", "workers", "threads"):
+        if not 0 <= self.proxy_hops <= 5:
+            raise ConfigError(f"proxy_hops must be 0-5, got {self.proxy_hops}")
+        for name in (
+            "max_body_bytes",
+            "max_batch",
+            "rate_burst",
+            "workers",
+            "threads",
+            "admin_session_minutes",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("rate_per_second", "release_poll_interval"):
