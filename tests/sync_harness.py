@@ -10,9 +10,11 @@ database.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import sqlite3
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import requests
 
+from hwrcore.manifest import load_manifest
 from hwrcore.store import read_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,6 +245,18 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
+def new_model_version(tmp: Path, version: str) -> Path:
+    """The shipped digit model under another version: a manifest beside a copy of its file."""
+    src = load_manifest(MODELS / "digits.json")
+    out = tmp / f"digits-{version}"
+    out.mkdir()
+    shutil.copy(MODELS / src.file, out / src.file)
+    m = src.to_dict()
+    m.update(version=version, parent_version=src.version)
+    (out / "digits.json").write_text(json.dumps(m))
+    return out / "digits.json"
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -252,6 +267,7 @@ __all__ = [
     "SyncedEdge",
     "free_port",
     "last_line",
+    "new_model_version",
     "run_cli",
     "server_uuids",
     "wait_for",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import signal
 import threading
 import time
@@ -29,6 +28,7 @@ from tests.sync_harness import (
     SyncServer,
     free_port,
     last_line,
+    new_model_version,
     run_cli,
     server_uuids,
     wait_for,
@@ -194,18 +194,6 @@ def test_a_device_killed_while_it_syncs_loses_and_repeats_nothing(school):
 
 
 # -- model delivery --------------------------------------------------------------------------
-def _new_version(tmp: Path, version: str) -> Path:
-    """The shipped digit model under another version: a manifest beside a copy of its file."""
-    src = load_manifest(MODELS / "digits.json")
-    out = tmp / f"digits-{version}"
-    out.mkdir()
-    shutil.copy(MODELS / src.file, out / src.file)
-    m = src.to_dict()
-    m.update(version=version, parent_version=src.version)
-    (out / "digits.json").write_text(json.dumps(m))
-    return out / "digits.json"
-
-
 class Predictors:
     """One WebSocket per device predicting a digit without pause; each answer's model version."""
 
@@ -258,7 +246,7 @@ def test_a_published_model_reaches_every_device_within_five_seconds_and_rolls_ba
     assert _serving(edges) == [old] * 3
     predictors = Predictors(edges)
     time.sleep(1.0)
-    run_cli("publish", str(_new_version(tmp_path, "9.0.0")), data_dir=school.data)
+    run_cli("publish", str(new_model_version(tmp_path, "9.0.0")), data_dir=school.data)
     t0 = time.monotonic()  # the release is committed when the command returns
     wait_for(lambda: _serving(edges) == ["9.0.0"] * 3, 15, "every device to serve 9.0.0")
     took = time.monotonic() - t0
