@@ -63,6 +63,37 @@ class SyncConfig:
     log_level: str = "info"
     admin_session_minutes: int = 480  # how long a dashboard sign-in lasts
     proxy_hops: int = 0  # proxies (a tunnel, nginx) in front that set X-Forwarded-*; 0: none
+    # -- the learning loop (sync_server/merge.py, jobs.py, retrain.py) ---------------------------
+    start_worker: bool = True  # serve starts an hwr-sync-server worker beside itself
+    worker_threads: int = 2  # Huey worker threads (scoring goes on while one job trains)
+    jobs_db: str = ""  # Huey's SQLite file; empty: <data_dir>/jobs.db
+    base_data_dir: str = (
+        ""  # MNIST/EMNIST for replay and the gate; empty: $HWR_DATA_DIR, ../shared/data
+    )
+    relabel: str = (
+        "auto"  # characters: relabel list for replay and base test ('auto': the trainer's)
+    )
+    score_delay: float = 0.5  # seconds a merged batch waits before its scoring task runs
+    quarantine_confidence: float = 0.90  # the model disagrees "at high confidence" from here
+    neighbours: int = 7  # nearest stored neighbours (other devices) asked for a consensus
+    neighbour_similarity: float = 0.80  # cosine on the embedding for a neighbour to count
+    neighbour_consensus: float = 0.5  # share of the neighbours that makes their label a consensus
+    lift_devices: int = 3  # distinct devices labelling neighbours the same way lift a quarantine
+    max_device_share: float = 0.5  # most of a training set one device may contribute
+    heldout_share: float = 0.2  # corrections (whole devices) held out of training for the gate
+    retrain_after: int = 1000  # new accepted corrections that start a retrain (0: never)
+    retrain_min_interval: float = 6 * 3600.0  # seconds between automatic retrains of a model
+    retrain_epochs: int = 3
+    retrain_max_steps: int = 0  # >0: at most this many steps an epoch (tests)
+    retrain_batch: int = 64
+    retrain_lr: float = 3e-4
+    retrain_threads: int = 0  # TensorFlow threads (0: its default)
+    replay_per_class: int = 300  # base training images per class replayed beside corrections
+    eval_limit: int = 0  # >0: the gate reads only this many base test images (tests)
+    gate_max_accuracy_drop: float = 0.002  # base test accuracy may fall by at most 0.2 points
+    gate_max_recall_drop: float = 0.03  # no class's base test recall may fall by more
+    job_stale_s: float = 120.0  # a running job without a heartbeat this long has lost its worker
+    publish_pause: float = 0.0  # seconds a publish waits before it commits (tests kill it there)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -82,12 +113,29 @@ class SyncConfig:
             "workers",
             "threads",
             "admin_session_minutes",
+            "worker_threads",
+            "neighbours",
+            "lift_devices",
+            "retrain_epochs",
+            "retrain_batch",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("rate_per_second", "release_poll_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in (
+            "quarantine_confidence",
+            "neighbour_similarity",
+            "neighbour_consensus",
+            "max_device_share",
+            "heldout_share",
+        ):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
+        for name in ("retrain_after", "replay_per_class", "eval_limit", "retrain_max_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.admin_token and self.admin_token_file:
             raise ConfigError(
                 "set admin_token (HWR_SYNC_ADMIN_TOKEN) or admin_token_file, not both"
@@ -99,6 +147,11 @@ class SyncConfig:
             )
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"log_level must be debug/info/warning/error, got {self.log_level!r}")
+
+    @property
+    def jobs_path(self) -> Path:
+        """Huey's SQLite file: ``jobs_db``, else jobs.db in the data directory."""
+        return Path(self.jobs_db).expanduser() if self.jobs_db else self.data_dir / "jobs.db"
 
     @property
     def db_url(self) -> str:
@@ -158,6 +211,14 @@ def _coerce(name: str, value: object, source: str) -> Any:
             if isinstance(value, (bool, float)):
                 raise TypeError
             return int(value)  # type: ignore[arg-type]
+        if kind == "bool":
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
         if kind == "float":
             if isinstance(value, bool):
                 raise TypeError

@@ -29,6 +29,7 @@ from sqlalchemy import (
     create_engine,
     event,
     exc,
+    text,
 )
 from sqlalchemy.engine import Connection
 
@@ -96,6 +97,10 @@ models = Table(
     Column("created", Float, nullable=False),
     Column("published_by", String(100), nullable=False),
     Column("parent", String(64), nullable=True),
+    Column("metrics", Text, nullable=True),  # JSON: base test and held-out figures (0002)
+    Column("gate", Text, nullable=True),  # JSON: the gate's checks and verdict (0002)
+    Column("snapshot", String(64), nullable=True),  # sha256 of the training snapshot (0002)
+    Column("job_id", Integer, nullable=True),  # the retraining job that made it (0002)
     UniqueConstraint("name", "version", name="uq_models_name_version"),
 )
 
@@ -110,7 +115,97 @@ releases = Table(
     Column("document", Text, nullable=False),  # the signed release, canonical JSON
     Column("created", Float, nullable=False),
     Column("created_by", String(100), nullable=False),
+    Column("target_group", String(100), nullable=True),  # NULL: every device (0002)
     UniqueConstraint("name", "sequence", name="uq_releases_name_sequence"),
+)
+
+# The server's assessment of each correction (sync_server/merge.py), one row per correction.
+assessments = Table(
+    "assessments",
+    metadata,
+    Column("uuid", String(36), ForeignKey("corrections.uuid"), primary_key=True),
+    Column("mode", String(8), nullable=False),
+    Column("image_sha256", String(64), nullable=False),
+    Column("model_version", String(64), nullable=False),  # the version that scored it
+    Column("model_label", String(8), nullable=False),
+    Column("model_confidence", Float, nullable=False),
+    Column("embedding", LargeBinary, nullable=False),  # float32, made by model_version
+    Column("neighbour_label", String(8), nullable=True),  # consensus of other devices' neighbours
+    Column("neighbour_share", Float, nullable=True),
+    Column("support_devices", Integer, nullable=False, default=0),
+    Column("vote", String(8), nullable=True),  # same image, other devices: won / lost / tie
+    Column("status", String(16), nullable=False),  # accepted / quarantined
+    Column("reason", Text, nullable=True),
+    Column("review", String(16), nullable=True),  # approved / rejected (an admin's decision)
+    Column("reviewed_by", String(100), nullable=True),
+    Column("reviewed_at", Float, nullable=True),
+    Column("scored", Float, nullable=False),
+    Index("ix_assessments_mode_status", "mode", "status"),
+    Index("ix_assessments_image", "image_sha256"),
+)
+
+# Every admin decision on a correction, never deleted.
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("uuid", String(36), ForeignKey("corrections.uuid"), nullable=False),
+    Column("decision", String(16), nullable=False),  # approve / reject
+    Column("previous", String(32), nullable=True),  # status and review before it
+    Column("by", String(100), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("ix_decisions_uuid", "uuid"),
+)
+
+ACTIVE_JOB = ("queued", "running")
+
+# Retraining jobs (sync_server/jobs.py); at most one queued or running per model name.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("mode", String(8), nullable=False),
+    Column("status", String(16), nullable=False),  # queued running published refused failed
+    Column("stage", String(32), nullable=True),
+    Column("epoch", Integer, nullable=True),
+    Column("epochs", Integer, nullable=True),
+    Column("percent", Float, nullable=False, default=0.0),
+    Column("trigger", String(16), nullable=False),  # cli / admin / auto
+    Column("requested_by", String(100), nullable=False),
+    Column("requested", Float, nullable=False),
+    Column("started", Float, nullable=True),
+    Column("finished", Float, nullable=True),
+    Column("heartbeat", Float, nullable=True),
+    Column("worker", String(100), nullable=True),  # host:pid of the worker running it
+    Column("parent", String(64), nullable=True),
+    Column("version", String(64), nullable=True),  # the version it made
+    Column("snapshot", String(64), nullable=True),
+    Column("metrics", Text, nullable=True),  # JSON
+    Column("gate", Text, nullable=True),  # JSON
+    Column("reason", Text, nullable=True),
+    Index(
+        "uq_jobs_active",
+        "name",
+        unique=True,
+        sqlite_where=text("status IN ('queued', 'running')"),
+        postgresql_where=text("status IN ('queued', 'running')"),
+    ),
+)
+
+# Immutable training snapshots (sync_server/snapshots.py), named by the sha256 of their content.
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("mode", String(8), nullable=False),
+    Column("path", String(255), nullable=False),  # relative to the data directory
+    Column("n_train", Integer, nullable=False),
+    Column("n_heldout", Integer, nullable=False),
+    Column("devices", Text, nullable=False),  # JSON: {"train": [...], "heldout": [...]}
+    Column("classes", Text, nullable=False),  # JSON: training corrections per label
+    Column("created", Float, nullable=False),
+    Column("job_id", Integer, nullable=True),
 )
 
 
@@ -213,10 +308,14 @@ def open_database(url: str, pool_size: int = 10) -> Engine:
 
 
 __all__ = [
+    "ACTIVE_JOB",
     "DatabaseError",
+    "assessments",
     "corrections",
+    "decisions",
     "devices",
     "is_sqlite",
+    "jobs",
     "make_engine",
     "metadata",
     "migrate",
@@ -224,5 +323,6 @@ __all__ = [
     "open_database",
     "reading",
     "releases",
+    "snapshots",
     "writing",
 ]
