@@ -65,7 +65,7 @@ models-digits: install-all
 # Training applies the committed relabel list (lower-case f shapes inside EMNIST's F);
 # models-relabel computes it again from the training split (about 10 minutes).
 models-characters: install-all
-	$(BIN)/hwr-train train characters --data-dir $(DATA_DIR) --epochs 8 --relabel trainer/relabels/characters-f.json
+	$(BIN)/hwr-train train characters --data-dir $(DATA_DIR) --epochs 5 --relabel trainer/relabels/characters-f.json
 	$(BIN)/hwr-train export characters --model build/characters/model.keras --data-dir $(DATA_DIR) --out $(MODELS_DIR) --version 1.1.0
 	$(BIN)/hwr-train evaluate characters --manifest $(MODELS_DIR)/characters.json --data-dir $(DATA_DIR)
 

@@ -71,3 +71,18 @@ def test_accuracy_on_a_fixed_slice(models_dir: Path, data_dir: Path) -> None:
         probs, _ = clf.predict_batch(x[:SLICE])
         accuracy = float(np.mean(probs.argmax(axis=1) == y[:SLICE]))
         assert accuracy >= MIN_ACCURACY[clf.manifest.mode], f"{path}: {accuracy:.4f}"
+
+
+def test_manifests_carry_per_class_recall_and_no_class_is_never_predicted(
+    models_dir: Path,
+) -> None:
+    """``hwr-train evaluate`` writes each class's test recall into the manifest; a shipped model
+    predicts every class (recall at least 20%, the level under which evaluate warns)."""
+    for path in _manifests(models_dir):
+        m = load_manifest(path)
+        recall = m.metrics.get("per_class_recall")
+        assert isinstance(recall, dict), f"{path}: run hwr-train evaluate"
+        assert set(recall) == set(m.labels), path
+        assert m.metrics["min_recall"] == min(recall.values()), path
+        assert min(recall.values()) >= 0.2, f"{path}: {min(recall, key=recall.get)}"
+        assert m.metrics["warnings"] == [], path

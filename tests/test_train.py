@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from trainer.config import load_config
@@ -120,3 +121,39 @@ def test_val_size_zero_trains_on_the_whole_split_and_says_so(
     assert "79,846; 5,000 held out" in held
     with pytest.raises(ValueError, match="val_size"):
         load_config("digits", overrides={"val_size": -1}, environ={})
+
+
+def test_the_relabel_setting_moves_the_listed_training_images(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """characters_data applies a relabel list before the holdout; validation keeps both labels."""
+    from hwrcore.labels import CHARACTER_LABELS
+    from trainer.datasets import characters_data
+    from trainer.evaluate import relabel_record
+    from trainer.relabel import image_hash, save_list
+
+    labels = list(CHARACTER_LABELS)
+    big_f, small_f = labels.index("F"), labels.index("f")
+    x, y = load_task("characters", data_dir, "train")
+    listed = [image_hash(im) for im in x[y == big_f][:40]]
+    not_f = image_hash(x[y == labels.index("E")][0])  # listed, but not an F: must not move
+    doc = {"schema": 1, "from": "F", "to": "f", "train_hashes": [*listed, not_f]}
+    save_list(doc, tmp_path / "list.json")
+    base = {"data_dir": str(data_dir), "val_size": 5000}
+    plain = characters_data(load_config("characters", overrides=base, environ={}), tmp_path)
+    cfg = load_config(
+        "characters", overrides={**base, "relabel": str(tmp_path / "list.json")}, environ={}
+    )
+    moved = characters_data(cfg, tmp_path)
+    assert set(plain) == {"train", "val"} and set(moved) == {"train", "val", "val_asis"}
+    # The same images in the same order; only the listed F images changed label.
+    np.testing.assert_array_equal(plain["train"].x, moved["train"].x)
+    changed = (plain["train"].y != moved["train"].y).sum() + (
+        plain["val"].y != moved["val"].y
+    ).sum()
+    assert changed == 40
+    assert set(moved["train"].y[plain["train"].y != moved["train"].y]) == {small_f}
+    np.testing.assert_array_equal(moved["val_asis"].y, plain["val"].y)
+    # The manifest records the list by file and hash.
+    rec = relabel_record(tmp_path / "list.json")
+    assert rec["moved"] == 41 and rec["from"] == "F" and len(rec["sha256"]) == 64
