@@ -13,7 +13,7 @@ import logging
 
 from flask import Flask
 
-from . import api
+from . import api, dashboard
 from .config import SyncConfig, load_config
 from .notify import Notifier
 from .ratelimit import RateLimiter
@@ -40,6 +40,7 @@ def create_app(config: SyncConfig | None = None) -> Flask:
         )
         app.extensions["hwr_sync"] = st
         api.init_app(app)
+        dashboard.init_app(app)  # /admin: sign-in, pages, actions
     except BaseException:
         st.close()
         raise
