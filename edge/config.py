@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hwrcore import assets
-from hwrcore.errors import HwrError
+from hwrcore.settings import ConfigError, Layers
 
 ENV_PREFIX = "HWR_EDGE_"
 # Settings never written to the log or a flag.
 SECRET_FIELDS = ("sync_token",)
-
-
-class ConfigError(HwrError):
-    """A configuration value or key that cannot be used."""
-
-    code = "invalid_config"
 
 
 def default_data_dir() -> Path:
@@ -168,62 +161,9 @@ class EdgeConfig:
         raise ConfigError("sync_url is set but no device token: set sync_token or sync_token_file")
 
 
-_FIELDS = {f.name: f for f in fields(EdgeConfig)}
-
-
-def _coerce(name: str, value: object, source: str) -> Any:
-    """Turn a value from TOML, the environment or a flag into the field's type."""
-    if name not in _FIELDS:
-        raise ConfigError(
-            f"unknown setting {name!r} in {source}; known: {', '.join(sorted(_FIELDS))}"
-        )
-    kind = _FIELDS[name].type  # a string: annotations are postponed
-    try:
-        if kind == "Path":
-            if not isinstance(value, (str, os.PathLike)):
-                raise TypeError
-            return Path(value)
-        if kind == "int":
-            if isinstance(value, (bool, float)):
-                raise TypeError
-            return int(value)  # type: ignore[arg-type]
-        if kind == "float":
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)  # type: ignore[arg-type]
-        if not isinstance(value, str):
-            raise TypeError
-        return value
-    except (TypeError, ValueError):
-        raise ConfigError(f"setting {name!r} in {source} must be {kind}, got {value!r}") from None
-
-
-def _layer(values: Mapping[str, object], source: str) -> dict[str, Any]:
-    return {name: _coerce(name, value, source) for name, value in values.items()}
-
-
-def read_toml(path: str | os.PathLike) -> dict[str, Any]:
-    """Settings from a TOML file: top-level keys, or an [edge] table."""
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {p}") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {p} is not readable TOML ({exc})") from None
-    if set(data) == {"edge"} and isinstance(data["edge"], dict):
-        data = data["edge"]
-    return _layer(data, f"config file {p}")
-
-
-def read_env(env: Mapping[str, str]) -> dict[str, Any]:
-    """Settings from HWR_EDGE_<SETTING> variables (e.g. HWR_EDGE_PORT=8080)."""
-    values = {
-        key[len(ENV_PREFIX) :].lower(): value
-        for key, value in env.items()
-        if key.startswith(ENV_PREFIX)
-    }
-    return _layer(values, "the environment (HWR_EDGE_*)")
+_LAYERS = Layers(EdgeConfig, env_prefix=ENV_PREFIX, table="edge", secrets=SECRET_FIELDS)
+read_toml = _LAYERS.read_toml
+read_env = _LAYERS.read_env
 
 
 def load_config(
@@ -232,12 +172,7 @@ def load_config(
     overrides: Mapping[str, object] | None = None,
 ) -> EdgeConfig:
     """Defaults, then ``config_file``, then ``env`` (os.environ if None), then ``overrides``."""
-    merged: dict[str, Any] = {}
-    if config_file is not None:
-        merged.update(read_toml(config_file))
-    merged.update(read_env(os.environ if env is None else env))
-    merged.update(_layer({k: v for k, v in (overrides or {}).items() if v is not None}, "flags"))
-    return EdgeConfig(**merged)
+    return _LAYERS.load(config_file, env, overrides)
 
 
 __all__ = ["ConfigError", "EdgeConfig", "default_data_dir", "default_models_dir", "load_config"]

@@ -10,25 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hwrcore.errors import HwrError
+from hwrcore import assets
+from hwrcore.settings import ConfigError, Layers
 
 ENV_PREFIX = "HWR_SYNC_"
 ADMIN_TOKEN_ENV = "HWR_SYNC_ADMIN_TOKEN"
 # Settings never written to the log or taken from a flag.
 SECRET_FIELDS = ("admin_token",)
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(HwrError):
-    """A configuration value or key that cannot be used."""
-
-    code = "invalid_config"
 
 
 def default_data_dir() -> Path:
@@ -38,8 +31,8 @@ def default_data_dir() -> Path:
 
 
 def default_models_dir() -> Path:
-    """The shipped models (the registry's first releases): models_export/ of this repository."""
-    return REPO_ROOT / "models_export"
+    """The shipped models (the registry's first releases): a checkout's, else the installed copy."""
+    return assets.shipped_models_dir()
 
 
 @dataclass
@@ -192,70 +185,9 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
-_FIELDS = {f.name: f for f in fields(SyncConfig)}
-
-
-def _coerce(name: str, value: object, source: str) -> Any:
-    """Turn a value from TOML, the environment or a flag into the field's type."""
-    if name not in _FIELDS:
-        raise ConfigError(
-            f"unknown setting {name!r} in {source}; known: {', '.join(sorted(_FIELDS))}"
-        )
-    kind = _FIELDS[name].type  # a string: annotations are postponed
-    try:
-        if kind == "Path":
-            if not isinstance(value, (str, os.PathLike)):
-                raise TypeError
-            return Path(value)
-        if kind == "int":
-            if isinstance(value, (bool, float)):
-                raise TypeError
-            return int(value)  # type: ignore[arg-type]
-        if kind == "bool":
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-                return False
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if kind == "float":
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)  # type: ignore[arg-type]
-        if not isinstance(value, str):
-            raise TypeError
-        return value
-    except (TypeError, ValueError):
-        raise ConfigError(f"setting {name!r} in {source} must be {kind}, got {value!r}") from None
-
-
-def _layer(values: Mapping[str, object], source: str) -> dict[str, Any]:
-    return {name: _coerce(name, value, source) for name, value in values.items()}
-
-
-def read_toml(path: str | os.PathLike) -> dict[str, Any]:
-    """Settings from a TOML file: top-level keys, or a [sync] table."""
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {p}") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {p} is not readable TOML ({exc})") from None
-    if set(data) == {"sync"} and isinstance(data["sync"], dict):
-        data = data["sync"]
-    return _layer(data, f"config file {p}")
-
-
-def read_env(env: Mapping[str, str]) -> dict[str, Any]:
-    """Settings from HWR_SYNC_<SETTING> variables (e.g. HWR_SYNC_PORT=8200)."""
-    values = {
-        key[len(ENV_PREFIX) :].lower(): value
-        for key, value in env.items()
-        if key.startswith(ENV_PREFIX)
-    }
-    return _layer(values, "the environment (HWR_SYNC_*)")
+_LAYERS = Layers(SyncConfig, env_prefix=ENV_PREFIX, table="sync", secrets=SECRET_FIELDS)
+read_toml = _LAYERS.read_toml
+read_env = _LAYERS.read_env
 
 
 def load_config(
@@ -264,16 +196,7 @@ def load_config(
     overrides: Mapping[str, object] | None = None,
 ) -> SyncConfig:
     """Defaults, then ``config_file``, then ``env`` (os.environ if None), then ``overrides``."""
-    merged: dict[str, Any] = {}
-    if config_file is not None:
-        merged.update(read_toml(config_file))
-    merged.update(read_env(os.environ if env is None else env))
-    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    for secret in SECRET_FIELDS:
-        if secret in flags:
-            raise ConfigError(f"{secret} cannot be a flag: set {ADMIN_TOKEN_ENV} or a file")
-    merged.update(_layer(flags, "flags"))
-    return SyncConfig(**merged)
+    return _LAYERS.load(config_file, env, overrides)
 
 
 __all__ = ["ConfigError", "SyncConfig", "load_config", "mask_url"]
