@@ -70,6 +70,8 @@ UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 NEXT_RE = re.compile(r"^/admin(/[A-Za-z0-9._-]*)*$")
 FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.tflite$")
 MODE_NAMES = {"digit": "digits", "char": "letters"}
+CLASS_STATES = ("accepted", "approved", "quarantined", "rejected", "unscored")
+PAGE_ITEMS = 60  # drawings on one page of the quarantine
 PAGES = (
     ("admin.devices", "Devices"),
     ("admin.corrections", "Corrections"),
@@ -218,16 +220,16 @@ def _page(template: str, **values: Any) -> str:
 def devices() -> str:
     """Devices: online, last seen, versions served, pending, agreement rate, tunnel link."""
     st = state()
-    rows = stats.devices_overview(st.engine, st.registry)
-    agreement = learning.agreement(st)
+    rows = stats.devices_overview(st.engine, lambda g: learning.current_by_mode(st, g))
+    merged = learning.device_stats(st)
     for d in rows:
-        d["agreement"] = None if agreement is None else agreement.get(d["name"])
+        d["merge"] = (merged or {}).get(d["name"], {})
     current = st.registry.current_by_mode()
     return _page(
         "admin/devices.html",
         devices=rows,
         current=current,
-        agreement_available=agreement is not None,
+        merge_available=merged is not None,
         online_s=stats.ONLINE_S,
     )
 
@@ -239,10 +241,18 @@ def corrections() -> str:
     by_class = stats.corrections_by_class(st.engine)
     by_device = stats.corrections_by_device(st.engine)
     by_day = stats.corrections_by_day(st.engine, days=30)
-    class_plots = {
-        mode: plots.columns(items, f"corrections per class, {MODE_NAMES[mode]}")
-        for mode, items in by_class.items()
-    }
+    detail = {mode: learning.class_counts(st, mode) for mode in stats.MODES}
+    class_plots = {}
+    for mode, items in by_class.items():
+        title = f"corrections per class, {MODE_NAMES[mode]}"
+        if detail[mode] is not None:
+            class_plots[mode] = plots.columns(
+                [(c["label"], [c[k] for k in CLASS_STATES]) for c in detail[mode]],
+                CLASS_STATES,
+                title,
+            )
+        else:
+            class_plots[mode] = plots.columns([(lab, [n]) for lab, n in items], ["stored"], title)
     device_plot = plots.bars(
         [(d["device"], [d[m] for m in stats.MODES]) for d in by_device[:40]],
         [MODE_NAMES[m] for m in stats.MODES],
@@ -254,6 +264,8 @@ def corrections() -> str:
     return _page(
         "admin/corrections.html",
         by_class=by_class,
+        detail=detail,
+        class_states=CLASS_STATES,
         by_device=by_device,
         by_day=by_day,
         class_plots=class_plots,
@@ -267,19 +279,30 @@ def corrections() -> str:
 def quarantine() -> str:
     """Corrections held out of training, each drawn, to approve or reject."""
     st = state()
-    status = request.args.get("show", "pending")
-    if status not in ("pending", "decided"):
-        status = "pending"
-    items = learning.quarantine(st, status)
-    return _page("admin/quarantine.html", items=items, show=status)
+    show = request.args.get("show", "open")
+    if show not in learning.QUARANTINE_TABS:
+        show = "open"
+    page = request.args.get("page", "1")
+    page_no = int(page) if page.isdigit() and 0 < int(page) < 100_000 else 1
+    found = learning.quarantine(st, show, limit=PAGE_ITEMS, offset=(page_no - 1) * PAGE_ITEMS)
+    items, total = found if found is not None else (None, 0)
+    return _page(
+        "admin/quarantine.html",
+        items=items,
+        total=total,
+        show=show,
+        tabs=learning.QUARANTINE_TABS,
+        page_no=page_no,
+        pages_n=max(1, -(-total // PAGE_ITEMS)),
+        decisions=learning.decisions(st, limit=30),
+    )
 
 
 @bp.get("/models")
 def models() -> str:
     """Versions side by side: accuracy, per-class recall, confusion matrices, gate results."""
     st = state()
-    versions = stats.model_versions(st.engine, st.registry)
-    learning.add_version_details(st, versions)
+    versions = learning.versions(st)
     by_name: dict[str, list[dict]] = {}
     for v in versions:
         by_name.setdefault(v["name"], []).append(v)
@@ -297,7 +320,7 @@ def models() -> str:
                 matrices[(name, v["version"])] = plots.confusion(
                     labels, v["confusion"]["matrix"], f"{name} {v['version']}: confusion matrix"
                 )
-    groups = sorted({d["group"] for d in stats.devices_overview(st.engine, st.registry)} - {None})
+    groups = stats.device_groups(st.engine)
     return _page(
         "admin/models.html",
         by_name=by_name,
@@ -310,7 +333,6 @@ def models() -> str:
             for name, vs in by_name.items()
         },
         releases=stats.release_history(st.engine),
-        rollouts=learning.rollouts(st),
         rollout_available=learning.can_rollout(st),
         groups=groups,
     )
@@ -349,11 +371,13 @@ def drawing(uuid: str) -> Response:
     raw = stats.drawing(state().engine, uuid)
     if raw is None or len(raw) != 28 * 28 * 4:
         return error_response("not_found", "no such correction", 404)
-    pixels = np.clip(np.frombuffer(raw, dtype="<f4").reshape(28, 28), 0.0, 1.0)
-    img = Image.fromarray((pixels * 255 + 0.5).astype(np.uint8), mode="L")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return Response(buf.getvalue(), mimetype="image/png")
+    png = learning.drawing_png(raw)
+    if png is None:
+        pixels = np.clip(np.frombuffer(raw, dtype="<f4").reshape(28, 28), 0.0, 1.0)
+        buf = io.BytesIO()
+        Image.fromarray(np.rint(pixels * 255).astype(np.uint8), mode="L").save(buf, "PNG")
+        png = buf.getvalue()
+    return Response(png, mimetype="image/png")
 
 
 # ---- actions --------------------------------------------------------------------------------
@@ -388,7 +412,7 @@ def decide() -> Response:
         done = "approved" if decision == "approve" else "rejected"
         return f"{n} correction{'s' if n != 1 else ''} {done} by {_who()}."
 
-    return _action("admin.quarantine", run)
+    return _action("admin.quarantine", run, show=request.form.get("show", "open"))
 
 
 @bp.post("/models/rollback")
@@ -405,13 +429,11 @@ def rollback() -> Response:
 
 @bp.post("/models/rollout")
 def rollout() -> Response:
-    """Release a stored version to one group of devices first."""
+    """Release a stored version to one group of devices (or, with no group, to every device)."""
     name, version = request.form.get("name", ""), request.form.get("version", "")
     group = request.form.get("group", "").strip()
 
     def run() -> str:
-        if not group:
-            raise HwrError("choose a group of devices", code="invalid_group")
         return learning.rollout(state(), name, version, group, _who())
 
     return _action("admin.models", run)

@@ -15,7 +15,9 @@ from types import ModuleType
 from typing import Any
 
 from hwrcore.errors import HwrError
+from hwrcore.labels import LABEL_SETS
 
+from . import stats
 from .state import SyncState
 
 
@@ -37,20 +39,34 @@ def _fn(module: str, name: str) -> Any:
     return getattr(mod, name, None) if mod is not None else None
 
 
-def agreement(st: SyncState) -> dict[str, float | None] | None:
-    """Each device's agreement rate (by device name), or None when merge.py has none."""
-    fn = _fn("merge", "device_agreement")
+def device_stats(st: SyncState) -> dict[str, dict[str, Any]] | None:
+    """Per device name: agreement rate, accepted, quarantined, approved, rejected; None if absent."""
+    fn = _fn("merge", "device_stats")
     if fn is None:
         return None
-    return {d["device"]: d.get("rate") for d in fn(st.engine)}
+    return {d["device"]: d for d in fn(st.engine)}
 
 
-def quarantine(st: SyncState, show: str) -> list[dict[str, Any]] | None:
-    """Quarantined corrections (``show`` 'pending' or 'decided'), or None."""
-    fn = _fn("merge", "quarantined")
-    if fn is None:
+QUARANTINE_TABS = ("open", "approved", "rejected")
+
+
+def quarantine(
+    st: SyncState, show: str, limit: int = 100, offset: int = 0
+) -> tuple[list[dict[str, Any]], int] | None:
+    """Quarantined corrections (``show``: open, approved, rejected) and how many there are."""
+    fn, count = _fn("merge", "quarantine"), _fn("merge", "quarantine_count")
+    if fn is None or count is None:
         return None
-    return list(fn(st.engine, decided=show == "decided"))
+    items = fn(st.engine, status=show, limit=limit, offset=offset)
+    for item in items:
+        item.pop("image_png", None)  # the page loads each drawing from /admin/drawings/
+    return items, int(count(st.engine, status=show))
+
+
+def decisions(st: SyncState, limit: int = 50) -> list[dict[str, Any]] | None:
+    """The latest review decisions (who, when, what before), or None."""
+    fn = _fn("merge", "decisions")
+    return None if fn is None else list(fn(st.engine, limit=limit))
 
 
 def decide(st: SyncState, ids: list[str], decision: str, who: str) -> int:
@@ -61,15 +77,68 @@ def decide(st: SyncState, ids: list[str], decision: str, who: str) -> int:
     return int(fn(st.engine, ids, decision, by=who))
 
 
-def add_version_details(st: SyncState, versions: list[dict[str, Any]]) -> None:
-    """Add each version's gate result, confusion matrix and held-out figures where recorded."""
-    details = _fn("registry", "version_details")
-    for v in versions:
-        v.setdefault("gate", None)
-        v.setdefault("confusion", None)
-        v.setdefault("heldout", None)
-        if details is not None:
-            v.update(details(st.engine, v["name"], v["version"]) or {})
+def class_counts(st: SyncState, mode: str) -> list[dict[str, Any]] | None:
+    """Per label: total, accepted, quarantined, approved, rejected, unscored; None if absent."""
+    fn = _fn("merge", "class_counts")
+    return None if fn is None else list(fn(st.engine, mode))
+
+
+def drawing_png(image: bytes) -> bytes | None:
+    """merge.py's PNG of a stored model input (one implementation), or None if absent."""
+    fn = _fn("merge", "image_png")
+    return None if fn is None else fn(image)
+
+
+def versions(st: SyncState) -> list[dict[str, Any]]:
+    """Every stored version, newest first within each model, with what is known of it.
+
+    Each: name, version, mode, current, groups (where it is current beyond every device),
+    rollouts, accuracy, measured_on, per_class_recall, confusion ({labels, matrix} or None),
+    heldout (accuracy on held-out corrections or None), gate ({passed, reason, checks} or
+    None), parent, published_by, created, snapshot, job_id. Figures a retraining job recorded
+    come first; a version without them (a shipped one) shows its manifest's.
+    """
+    base = stats.model_versions(st.engine, st.registry)
+    fn = getattr(st.registry, "versions", None)
+    if fn is None:
+        for v in base:
+            v.update(groups=[], rollouts=[], confusion=None, heldout=None, gate=None)
+            v.update(snapshot=None, job_id=None)
+        return base
+    rich = {(v["name"], v["version"]): v for v in fn()}
+    for v in base:
+        r = rich.get((v["name"], v["version"]), {})
+        metrics = r.get("metrics") or {}
+        b = metrics.get("base") or {}
+        if isinstance(b.get("accuracy"), (int, float)):
+            v["accuracy"] = float(b["accuracy"])
+            v["measured_on"] = str(b.get("measured_on") or v["measured_on"])
+        if isinstance(b.get("per_class_recall"), dict):
+            v["per_class_recall"] = {str(k): float(x) for k, x in b["per_class_recall"].items()}
+        matrix = b.get("confusion_matrix")
+        labels = list(LABEL_SETS[v["mode"]].labels) if v["mode"] in LABEL_SETS else []
+        v["confusion"] = (
+            {"labels": labels, "matrix": matrix}
+            if isinstance(matrix, list) and len(matrix) == len(labels)
+            else None
+        )
+        held = metrics.get("heldout") or {}
+        acc = held.get("accuracy")
+        v["heldout"] = float(acc) if isinstance(acc, (int, float)) else None
+        v["heldout_n"] = held.get("n")
+        v["gate"] = r.get("gate")
+        v["groups"] = list(r.get("groups") or [])
+        v["rollouts"] = list(r.get("rollouts") or [])
+        v["snapshot"] = r.get("snapshot")
+        v["job_id"] = r.get("job_id")
+    return base
+
+
+def current_by_mode(st: SyncState, group: str | None) -> dict[str, Any]:
+    """The release each mode serves to a device of ``group`` (every device's without rollout)."""
+    if can_rollout(st):
+        return st.registry.current_by_mode(group)
+    return st.registry.current_by_mode()
 
 
 def can_rollout(st: SyncState) -> bool:
@@ -82,14 +151,9 @@ def rollout(st: SyncState, name: str, version: str, group: str, who: str) -> str
     fn = getattr(st.registry, "rollout", None)
     if fn is None:
         raise NotAvailable("rollout to a group is not available yet on this server")
-    c = fn(name, version, group=group, by=who)
-    return f"{name} {version} is released to group {group} (sequence {c.sequence})."
-
-
-def rollouts(st: SyncState) -> list[dict[str, Any]] | None:
-    """Releases made to a group, newest first, or None."""
-    fn = getattr(st.registry, "group_releases", None)
-    return None if fn is None else list(fn())
+    c = fn(name, version, group=group or None, by=who)
+    to = f"the devices of group {group}" if group else "every device"
+    return f"{name} {version} is released to {to} (sequence {c.sequence})."
 
 
 def can_retrain(st: SyncState) -> bool:
@@ -102,8 +166,10 @@ def retrain(st: SyncState, name: str, who: str) -> str:
     fn = _fn("jobs", "request_retrain")
     if fn is None:
         raise NotAvailable("retraining is not available yet on this server")
-    job = fn(st, name, trigger="admin", by=who)
-    return f"retraining {name}: job {job['id']} is {job['status']}."
+    job = fn(st, name, by=who, trigger="admin")
+    if job.get("joined"):
+        return f"A retrain of {name} is {job['status']} already (job {job['id']}): joined it."
+    return f"Retraining {name}: job {job['id']} is {job['status']}."
 
 
 def jobs(st: SyncState) -> list[dict[str, Any]] | None:
@@ -126,14 +192,17 @@ def jobs(st: SyncState) -> list[dict[str, Any]] | None:
 
 __all__ = [
     "NotAvailable",
-    "add_version_details",
-    "agreement",
+    "current_by_mode",
+    "class_counts",
     "can_retrain",
     "can_rollout",
     "decide",
+    "decisions",
+    "device_stats",
+    "drawing_png",
     "jobs",
     "quarantine",
     "retrain",
     "rollout",
-    "rollouts",
+    "versions",
 ]

@@ -45,21 +45,35 @@ def _fmt(v: float) -> str:
 
 
 def columns(
-    items: Sequence[tuple[str, float]], label: str, *, width: int = 720, height: int = 200
+    items: Sequence[tuple[str, Sequence[float]]],
+    series: Sequence[str],
+    label: str,
+    *,
+    width: int = 720,
+    height: int = 200,
 ) -> Markup:
-    """Vertical columns, one per (label, value): counts per class."""
-    left, bottom, top = 40, 22, 10
+    """Vertical stacked columns, one per (label, values per series): counts per class."""
+    left, bottom, top = 40, 22, 22
     n = max(1, len(items))
     plot_w, plot_h = width - left - 8, height - bottom - top
-    vmax = _nice_max(max((v for _, v in items), default=0))
+    vmax = _nice_max(max((sum(vs) for _, vs in items), default=0))
     step = plot_w / n
     body = _axis_y(left, top, plot_w, plot_h, vmax)
-    for i, (name, v) in enumerate(items):
-        h = plot_h * v / vmax
+    if len(series) > 1:
+        body += _legend(series, left, 12)
+    for i, (name, values) in enumerate(items):
         x = left + i * step + step * 0.15
+        y = float(top + plot_h)
+        for j, v in enumerate(values):
+            h = plot_h * v / vmax
+            if h > 0:
+                y -= h
+                body.append(
+                    f'<rect x="{x:.1f}" y="{y:.1f}" width="{step * 0.7:.1f}" height="{h:.1f}" '
+                    f'fill="{SERIES[j % len(SERIES)]}"><title>{escape(name)}, '
+                    f"{escape(series[j])}: {_fmt(v)}</title></rect>"
+                )
         body.append(
-            f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{step * 0.7:.1f}" '
-            f'height="{h:.1f}" fill="{SERIES[0]}"><title>{escape(name)}: {_fmt(v)}</title></rect>'
             f'<text x="{x + step * 0.35:.1f}" y="{height - 8}" text-anchor="middle" {FONT} '
             f'fill="{INK}">{escape(name)}</text>'
         )
@@ -258,7 +272,7 @@ def _axis_y(left: int, top: int, plot_w: float, plot_h: float, vmax: float) -> l
 def _legend(names: Sequence[str], x: int, y: int) -> list[str]:
     out = []
     for k, name in enumerate(names):
-        cx = x + k * 110
+        cx = x + k * 120
         out.append(
             f'<rect x="{cx}" y="{y - 9}" width="10" height="10" fill="{SERIES[k % len(SERIES)]}"/>'
             f'<text x="{cx + 14}" y="{y}" {FONT} fill="{INK}">{escape(name)}</text>'

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,10 +36,17 @@ def safe_link(url: str | None) -> str | None:
     return url
 
 
-def devices_overview(engine: Engine, registry: Registry, now: float | None = None) -> list[dict]:
-    """Each device: group, online, last seen, what it serves (and whether that is current), pending."""
+def devices_overview(
+    engine: Engine,
+    current_for: Callable[[str | None], dict[str, Any]],
+    now: float | None = None,
+) -> list[dict]:
+    """Each device: group, online, last seen, what it serves (and whether that is current), pending.
+
+    ``current_for(group)`` gives the release of each mode that a device of ``group`` should serve.
+    """
     now = time.time() if now is None else now
-    current = {mode: c.version for mode, c in registry.current_by_mode().items()}
+    wanted: dict[str | None, dict[str, str]] = {}
     with reading(engine) as conn:
         rows = conn.execute(select(devices).order_by(devices.c.name)).all()
         counts = dict(
@@ -48,6 +56,9 @@ def devices_overview(engine: Engine, registry: Registry, now: float | None = Non
         )
     out = []
     for r in rows:
+        if r.group_name not in wanted:
+            wanted[r.group_name] = {m: c.version for m, c in current_for(r.group_name).items()}
+        current = wanted[r.group_name]
         try:
             served = json.loads(r.hb_models) if r.hb_models else {}
         except ValueError:
@@ -81,6 +92,15 @@ def devices_overview(engine: Engine, registry: Registry, now: float | None = Non
             }
         )
     return out
+
+
+def device_groups(engine: Engine) -> list[str]:
+    """The groups devices belong to, by name."""
+    with reading(engine) as conn:
+        rows = conn.execute(
+            select(devices.c.group_name).where(devices.c.group_name.is_not(None)).distinct()
+        ).all()
+    return sorted(r[0] for r in rows)
 
 
 def corrections_by_class(engine: Engine) -> dict[str, list[tuple[str, int]]]:
@@ -179,17 +199,10 @@ def model_versions(engine: Engine, registry: Registry) -> list[dict[str, Any]]:
 
 
 def release_history(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
-    """The latest releases of every model: which version, its sequence, when and by whom."""
+    """The latest releases of every model: version, sequence, when, by whom (and to which group)."""
     with reading(engine) as conn:
         rows = conn.execute(
-            select(
-                releases.c.name,
-                releases.c.sequence,
-                releases.c.version,
-                releases.c.mode,
-                releases.c.created,
-                releases.c.created_by,
-            )
+            select(*[c for c in releases.c if c.name != "document"])
             .order_by(releases.c.created.desc(), releases.c.id.desc())
             .limit(limit)
         ).all()
@@ -213,6 +226,7 @@ __all__ = [
     "corrections_by_class",
     "corrections_by_day",
     "corrections_by_device",
+    "device_groups",
     "devices_overview",
     "drawing",
     "model_versions",
