@@ -116,7 +116,15 @@ def post_corrections() -> Response:
         return error_response(
             "too_large", f"a batch holds at most {limit} corrections, got {len(items)}", 413
         )
-    return jsonify({"results": merge(state().engine, g.device.id, items)})
+    results = merge(state().engine, g.device.id, items)
+    queue = state().jobs
+    if queue is not None:  # the worker scores what was stored, off this request's path
+        modes = {
+            i.get("mode") for i, r in zip(items, results, strict=True) if r["status"] == "stored"
+        }
+        for mode in modes & set(LABEL_SETS):
+            queue.poke(mode)
+    return jsonify({"results": results})
 
 
 def _heartbeat_fields(body: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +177,7 @@ def post_heartbeat() -> Response:
         )
     current = {
         mode: {"name": c.name, "version": c.version, "sequence": c.sequence}
-        for mode, c in st.registry.current_by_mode().items()
+        for mode, c in st.registry.current_by_mode(g.device.group).items()
     }
     return jsonify({"models": current, "server_time": now})
 
@@ -188,7 +196,7 @@ def _etag_answer(body: dict[str, Any]) -> Response:
 @bp.get("/models")
 def get_models() -> Response:
     """The current signed release of each model and the URL of its file; ETag / 304."""
-    current = state().registry.current_by_mode()
+    current = state().registry.current_by_mode(g.device.group)
     body = {
         "models": {
             mode: {"release": c.document, "url": f"{bp.url_prefix}/models/{c.name}/{c.version}"}

@@ -15,6 +15,7 @@ from flask import Flask
 
 from . import api, dashboard
 from .config import SyncConfig, load_config
+from .jobs import JobQueue
 from .notify import Notifier
 from .ratelimit import RateLimiter
 from .state import SyncState, open_state
@@ -31,6 +32,7 @@ def create_app(config: SyncConfig | None = None) -> Flask:
     try:
         st.limiter = RateLimiter(config.rate_per_second, config.rate_burst)
         st.notifier = Notifier(st.registry, config.release_poll_interval).start()
+        st.jobs = JobQueue(config)
         app = Flask(__name__, static_folder=None)
         app.config.update(
             MAX_CONTENT_LENGTH=config.max_body_bytes,

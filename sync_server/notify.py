@@ -15,7 +15,7 @@ import queue
 import threading
 from typing import Any
 
-from flask import current_app
+from flask import current_app, g
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
@@ -65,8 +65,9 @@ class Notifier:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def subscribe(self) -> queue.Queue:
+    def subscribe(self, group: str | None = None) -> queue.Queue:
         q: queue.Queue = queue.Queue(QUEUE_MAX)
+        q.group = group  # type: ignore[attr-defined]  (the device's group: its releases)
         with self._lock:
             self._subscribers.add(q)
         return q
@@ -75,9 +76,9 @@ class Notifier:
         with self._lock:
             self._subscribers.discard(q)
 
-    def current_messages(self) -> list[dict[str, Any]]:
-        """One notice per model, for a socket that has just connected."""
-        return [release_message(c) for _, c in sorted(self.registry.current_all().items())]
+    def current_messages(self, group: str | None = None) -> list[dict[str, Any]]:
+        """One notice per model, for a socket (of a device in ``group``) that has just connected."""
+        return [release_message(c) for _, c in sorted(self.registry.current_all(group).items())]
 
     def poll(self) -> list[dict[str, Any]]:
         """Look once for releases above the ones seen; broadcast and return their notices."""
@@ -85,16 +86,23 @@ class Notifier:
         changed = [n for n, s in seqs.items() if s > self._seen.get(n, 0)]
         if not changed:
             return []
-        current = self.registry.current_all()
-        messages = [release_message(current[n]) for n in sorted(changed) if n in current]
-        for m in messages:
-            self._seen[m["name"]] = max(m["sequence"], self._seen.get(m["name"], 0))
-        self.broadcast(messages)
-        return messages
-
-    def broadcast(self, messages: list[dict[str, Any]]) -> None:
+        for n in changed:
+            self._seen[n] = seqs[n]
         with self._lock:
-            targets = list(self._subscribers)
+            groups = {getattr(q, "group", None) for q in self._subscribers} | {None}
+        sent: list[dict[str, Any]] = []
+        for group in sorted(groups, key=lambda g: g or ""):
+            # A device hears of the release it is to serve: every device's, or its group's.
+            current = self.registry.current_all(group)
+            messages = [release_message(current[n]) for n in sorted(changed) if n in current]
+            self.broadcast(messages, group)
+            if group is None:
+                sent = messages
+        return sent
+
+    def broadcast(self, messages: list[dict[str, Any]], group: str | None = None) -> None:
+        with self._lock:
+            targets = [q for q in self._subscribers if getattr(q, "group", None) == group]
         for q in targets:
             for m in messages:
                 try:
@@ -116,9 +124,10 @@ def notify(ws: Any) -> None:
     """Send the current releases, then each new one, until the device or the server leaves."""
     st = current_app.extensions["hwr_sync"]
     notifier: Notifier = st.notifier
-    q = notifier.subscribe()
+    group = getattr(g, "device", None) and g.device.group
+    q = notifier.subscribe(group or None)
     try:
-        for m in notifier.current_messages():
+        for m in notifier.current_messages(group or None):
             ws.send(json.dumps(m))
         while ws.connected and not st.closing.is_set():
             while ws.receive(timeout=0) is not None:

@@ -1,8 +1,10 @@
 """The model registry: versions kept in the data directory, signed releases whose sequence only grows.
 
-A release names one version of one model; the current release of a model is its highest
-sequence. ``publish`` adds a version (or re-releases a known one), ``rollback`` makes a new
-release naming an older version. Both may run in another process than the server (the CLI
+A release names one version of one model, for every device or for one device group; the
+current release of a model for a device is the highest-sequence release aimed at every device
+or at its group. ``publish`` adds a version (or re-releases a known one) with its metrics, gate
+result, parent and data snapshot; ``rollout`` releases a stored version to a group, then (with
+no group) to every device; ``rollback`` makes a new release naming an older version. Both may run in another process than the server (the CLI
 writes the database directly); the server learns of them by polling (sync_server/notify.py).
 """
 
@@ -68,11 +70,18 @@ def _fsync_copy(src: Path, dst: Path) -> None:
 class Registry:
     """Model versions and releases in ``engine``, files under ``data_dir/models``, signed by ``key``."""
 
-    def __init__(self, engine: Engine, data_dir: str | os.PathLike, key: Ed25519PrivateKey):
+    def __init__(
+        self,
+        engine: Engine,
+        data_dir: str | os.PathLike,
+        key: Ed25519PrivateKey,
+        publish_pause: float = 0.0,
+    ):
         self.engine = engine
         self.data_dir = Path(data_dir)
         self.key = key
         self.public_key = key.public_key()
+        self.publish_pause = float(publish_pause)  # tests kill a publish inside this pause
 
     # -- reading --------------------------------------------------------------------------
     def sequences(self) -> dict[str, int]:
@@ -83,10 +92,14 @@ class Registry:
             ).all()
         return {name: int(seq) for name, seq in rows}
 
-    def current_all(self) -> dict[str, Current]:
-        """The current release of every model, by name."""
+    def current_all(self, group: str | None = None) -> dict[str, Current]:
+        """The current release of every model for a device of ``group`` (None: no group), by name."""
+        aimed = releases.c.target_group.is_(None)
+        if group is not None:
+            aimed = aimed | (releases.c.target_group == group)
         latest = (
             select(releases.c.name, func.max(releases.c.sequence).label("seq"))
+            .where(aimed)
             .group_by(releases.c.name)
             .subquery()
         )
@@ -100,13 +113,85 @@ class Registry:
             for r in rows
         }
 
-    def current(self, name: str) -> Current | None:
-        """The current release of model ``name``, or None."""
-        return self.current_all().get(name)
+    def current(self, name: str, group: str | None = None) -> Current | None:
+        """The current release of model ``name`` (for a device of ``group``), or None."""
+        return self.current_all(group).get(name)
 
-    def current_by_mode(self) -> dict[str, Current]:
-        """The current release serving each mode ('digit', 'char')."""
-        return {c.mode: c for c in self.current_all().values()}
+    def current_by_mode(self, group: str | None = None) -> dict[str, Current]:
+        """The current release serving each mode ('digit', 'char') to a device of ``group``."""
+        return {c.mode: c for c in self.current_all(group).values()}
+
+    def manifest_path(self, name: str, version: str) -> Path | None:
+        """The stored manifest of a version (beside its file), or None."""
+        found = self.file_for(name, version)
+        return None if found is None else found[0].with_suffix(".json")
+
+    def versions(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every stored version (of ``name``), oldest first, with what is known of it.
+
+        Item: ``{"name", "version", "mode", "sha256", "length", "created", "published_by",
+        "parent", "snapshot", "job_id", "manifest" (dict), "metrics" (dict or None: "base"
+        {"accuracy", "per_class_recall" {label: r}, "confusion_matrix" [[...]], "n",
+        "measured_on"}, "heldout" {"accuracy", "n"}, "parent" (the same for the parent)),
+        "gate" (dict or None: {"passed", "checks": [...], "reason"}), "current" (bool: the
+        release for every device), "groups" (groups whose current release it is, beyond
+        every device's), "rollouts" ([{"sequence", "group" (None: all), "created", "by"}])}``.
+        """
+        q = select(models).order_by(models.c.name, models.c.id)
+        if name is not None:
+            q = q.where(models.c.name == name)
+        with reading(self.engine) as conn:
+            rows = conn.execute(q).all()
+            rels = conn.execute(
+                select(
+                    releases.c.name,
+                    releases.c.version,
+                    releases.c.sequence,
+                    releases.c.target_group,
+                    releases.c.created,
+                    releases.c.created_by,
+                ).order_by(releases.c.sequence)
+            ).all()
+        everyone = {n: c.version for n, c in self.current_all().items()}
+        groups = sorted({r.target_group for r in rels if r.target_group is not None})
+        per_group = {g: {n: c.version for n, c in self.current_all(g).items()} for g in groups}
+        out = []
+        for r in rows:
+            out.append(
+                {
+                    "name": r.name,
+                    "version": r.version,
+                    "mode": r.mode,
+                    "sha256": r.sha256,
+                    "length": r.length,
+                    "created": r.created,
+                    "published_by": r.published_by,
+                    "parent": r.parent,
+                    "snapshot": r.snapshot,
+                    "job_id": r.job_id,
+                    "manifest": json.loads(r.manifest),
+                    "metrics": json.loads(r.metrics) if r.metrics else None,
+                    "gate": json.loads(r.gate) if r.gate else None,
+                    "current": everyone.get(r.name) == r.version,
+                    "groups": [
+                        g
+                        for g in groups
+                        if per_group[g].get(r.name) == r.version
+                        and everyone.get(r.name) != r.version
+                    ],
+                    "rollouts": [
+                        {
+                            "sequence": x.sequence,
+                            "group": x.target_group,
+                            "created": x.created,
+                            "by": x.created_by,
+                        }
+                        for x in rels
+                        if x.name == r.name and x.version == r.version
+                    ],
+                }
+            )
+        return out
 
     def models(self) -> list[dict[str, Any]]:
         """Every stored version, with ``current`` set on the ones now released."""
@@ -163,8 +248,24 @@ class Registry:
             done.append(manifest.name)
         return done
 
-    def publish(self, manifest_path: str | os.PathLike, by: str = "admin") -> Current:
-        """Add the model of a manifest (sha256 checked) and make it the current release."""
+    def publish(
+        self,
+        manifest_path: str | os.PathLike,
+        by: str = "admin",
+        *,
+        group: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        gate: dict[str, Any] | None = None,
+        snapshot: str | None = None,
+        job_id: int | None = None,
+    ) -> Current:
+        """Add the model of a manifest (sha256 checked) and release it (to ``group``, else all).
+
+        ``metrics``, ``gate``, ``snapshot`` and ``job_id`` are kept with the version (a
+        retraining job's figures). The file is in place before the database commits, and
+        nothing is served before the commit: a publish killed at any moment leaves the old
+        release current.
+        """
         manifest = load_manifest(manifest_path, verify=True)
         self._check(manifest)
         src = manifest.model_path(manifest_path)
@@ -183,10 +284,10 @@ class Registry:
                     "publish it under a new version",
                     code="version_exists",
                 )
-            now = self.current(manifest.name)
+            now = self.current(manifest.name, group)
             if now is not None and now.version == manifest.version:
                 return now  # publishing the current version again changes nothing
-            return self._release(manifest.name, manifest.version, by)
+            return self._release(manifest.name, manifest.version, by, group)
         _fsync_copy(src, tmp)
         try:
             for attempt in range(ATTEMPTS):
@@ -204,12 +305,19 @@ class Registry:
                                 created=time.time(),
                                 published_by=by,
                                 parent=manifest.parent_version,
+                                metrics=json.dumps(metrics) if metrics is not None else None,
+                                gate=json.dumps(gate) if gate is not None else None,
+                                snapshot=snapshot,
+                                job_id=job_id,
                             )
                         )
                         if tmp.exists():  # a retry after a lost sequence race has moved it
                             os.replace(tmp, final)
                         self._save_manifest(manifest, final)
-                        return self._insert_release(conn, manifest.to_dict(), length, by)
+                        done = self._insert_release(conn, manifest.to_dict(), length, by, group)
+                        if self.publish_pause:
+                            time.sleep(self.publish_pause)  # uncommitted: a kill here undoes it
+                        return done
                 except exc.IntegrityError:
                     if self._version(manifest.name, manifest.version) is not None:
                         raise RegistryError(
@@ -221,6 +329,38 @@ class Registry:
             raise AssertionError("unreachable")
         finally:
             tmp.unlink(missing_ok=True)
+
+    def rollout(
+        self, name: str, version: str, group: str | None = None, by: str = "admin"
+    ) -> Current:
+        """A new release of a stored version for the devices of ``group`` (None: every device)."""
+        if group is not None:
+            _safe(group, "group")
+        if self._version(name, version) is None:
+            known = [m["version"] for m in self.models() if m["name"] == name]
+            raise RegistryError(
+                f"no version {version!r} of model {name!r} is stored (stored: "
+                f"{', '.join(known) or 'none'})",
+                code="unknown_version",
+            )
+        now = self.current(name, group)
+        if now is not None and now.version == version:
+            if group is None or self._aimed_at(name, now.sequence) == group:
+                who = f"group {group!r}" if group else "every device"
+                raise RegistryError(
+                    f"{name} {version} is the current release for {who} already "
+                    f"(sequence {now.sequence})",
+                    code="already_current",
+                )
+        return self._release(name, version, by, group)
+
+    def _aimed_at(self, name: str, sequence: int) -> str | None:
+        with reading(self.engine) as conn:
+            return conn.execute(
+                select(releases.c.target_group).where(
+                    releases.c.name == name, releases.c.sequence == sequence
+                )
+            ).scalar()
 
     def rollback(self, name: str, version: str, by: str = "admin") -> Current:
         """A new release (higher sequence) naming an older stored version of model ``name``."""
@@ -276,21 +416,23 @@ class Registry:
         copy = Manifest.from_dict({**manifest.to_dict(), "file": model_file.name})
         copy.save(model_file.with_suffix(".json"))
 
-    def _release(self, name: str, version: str, by: str) -> Current:
+    def _release(self, name: str, version: str, by: str, group: str | None = None) -> Current:
         row = self._version(name, version)
         assert row is not None
         for attempt in range(ATTEMPTS):
             try:
                 with writing(self.engine) as conn:
                     return self._insert_release(
-                        conn, json.loads(row["manifest"]), row["length"], by
+                        conn, json.loads(row["manifest"]), row["length"], by, group
                     )
             except exc.IntegrityError:
                 if attempt == ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
-    def _insert_release(self, conn, manifest: dict, length: int, by: str) -> Current:  # type: ignore[no-untyped-def]
+    def _insert_release(  # type: ignore[no-untyped-def]
+        self, conn, manifest: dict, length: int, by: str, group: str | None = None
+    ) -> Current:
         name = manifest["name"]
         top = conn.execute(
             select(func.max(releases.c.sequence)).where(releases.c.name == name)
@@ -310,9 +452,17 @@ class Registry:
                 document=rel.canonical_json(doc).decode("utf-8"),
                 created=time.time(),
                 created_by=by,
+                target_group=group,
             )
         )
-        log.info("release %s %s (sequence %d) by %s", name, release.version, release.sequence, by)
+        log.info(
+            "release %s %s (sequence %d, %s) by %s",
+            name,
+            release.version,
+            release.sequence,
+            f"group {group}" if group else "every device",
+            by,
+        )
         return Current(name, release.mode, release.version, release.sequence, doc)
 
 

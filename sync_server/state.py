@@ -24,6 +24,7 @@ from .keys import load_or_create_key
 from .registry import Registry
 
 if TYPE_CHECKING:
+    from .jobs import JobQueue
     from .notify import Notifier
     from .ratelimit import RateLimiter
 
@@ -47,6 +48,7 @@ class SyncState:
     admin_token: str = ""
     limiter: RateLimiter | None = None
     notifier: Notifier | None = None
+    jobs: JobQueue | None = None  # the Huey queue (scoring and retraining tasks)
     closing: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
@@ -54,6 +56,8 @@ class SyncState:
         self.closing.set()
         if self.notifier is not None:
             self.notifier.close()
+        if self.jobs is not None:
+            self.jobs.close()
         self.engine.dispose()
 
 
@@ -69,7 +73,7 @@ def open_state(config: SyncConfig, import_shipped: bool = True) -> SyncState:
     admin = config.admin_secret()
     engine = open_database(config.db_url, pool_size=min(config.threads, 20))
     try:
-        registry = Registry(engine, config.data_dir, key)
+        registry = Registry(engine, config.data_dir, key, publish_pause=config.publish_pause)
         if import_shipped:
             imported = registry.import_shipped(config.models_dir)
             if imported:
