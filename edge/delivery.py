@@ -197,9 +197,19 @@ class ModelUpdater:
             }
 
     def _refuse(self, mode: str, version: str | None, exc: HwrError) -> None:
-        log.error("model delivery refused %s %s: %s: %s", mode, version, exc.code, exc.message)
+        """Record a refusal; the same one again (each poll of an unchanged list) only counts."""
         with self._lock:
+            last = self._refusals[-1] if self._refusals else None
+            if last is not None and (last["mode"], last["version"], last["code"]) == (
+                mode,
+                version,
+                exc.code,
+            ):
+                last["at"] = time.time()
+                last["times"] = last.get("times", 1) + 1
+                return
             self._refusals.append(problem(mode, version, exc.code, exc.message))
+        log.error("model delivery refused %s %s: %s: %s", mode, version, exc.code, exc.message)
 
     # -- one check --
     def check_now(self) -> dict[str, str]:

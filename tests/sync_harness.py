@@ -26,7 +26,7 @@ from pathlib import Path
 
 import requests
 
-from hwrcore.manifest import load_manifest
+from hwrcore.manifest import load_manifest, sha256_file
 from hwrcore.store import read_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,13 +245,21 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
-def new_model_version(tmp: Path, version: str) -> Path:
-    """The shipped digit model under another version: a manifest beside a copy of its file."""
+def new_model_version(tmp: Path, version: str, *, distinct: bool = False) -> Path:
+    """The shipped digit model under another version: a manifest beside a copy of its file.
+
+    With ``distinct`` the file gets a few bytes more (the interpreter ignores them), so its
+    sha256 is its own and a device cannot reuse a file it already has.
+    """
     src = load_manifest(MODELS / "digits.json")
     out = tmp / f"digits-{version}"
     out.mkdir()
     shutil.copy(MODELS / src.file, out / src.file)
     m = src.to_dict()
+    if distinct:
+        with open(out / src.file, "ab") as f:
+            f.write(version.encode())
+        m["sha256"] = sha256_file(out / src.file)
     m.update(version=version, parent_version=src.version)
     (out / "digits.json").write_text(json.dumps(m))
     return out / "digits.json"
