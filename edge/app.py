@@ -13,8 +13,12 @@ Routes (the wire protocol of ../shared/DESIGN.md; every error is ``{"error": {co
 * ``GET /ws`` - WebSocket: ``{"type": "predict"|"correct"|"health", "seq": n, ...}`` answered by
   ``{"type": "prediction"|"corrected"|"health"|"error", "seq": n, ...}`` (see edge/ws.py).
 * ``GET /healthz`` - ``{"status", "models": {mode: {"name", "version", "labels"}}, "corrections":
-  {mode: store stats}, "pending", "sync", "uptime_s"}``; ``sync`` is the sync client's status
-  (edge/sync.py), ``{"state": "off"}`` when no ``sync_url`` is set.
+  {mode: store stats}, "pending", "sync", "tunnel", "viewers", "uptime_s"}``; ``sync`` is the
+  sync client's status (edge/sync.py), ``{"state": "off"}`` when no ``sync_url`` is set;
+  ``tunnel`` is ``{"state", "url", "error", "viewer_url"}`` with ``--tunnel``, else ``{"state":
+  "off"}``; ``viewers`` counts who watches now.
+* ``/viewer`` and below - the live read-only viewer (edge/viewer.py), the only routes a tunnel's
+  host reaches (edge/remote.py opens the tunnel with ``--tunnel``).
 
 With ``sync_url`` set the factory also starts an :class:`edge.sync.SyncClient` (kept at
 ``ctx.sync``; its heartbeats feed model delivery) and :func:`close_app` stops it first.
@@ -33,7 +37,7 @@ from flask import Flask
 
 from hwrcore.store import CorrectionStore
 
-from . import api, ws
+from . import api, viewer, ws
 from .config import EdgeConfig, load_config
 from .delivery import ModelUpdater
 from .installed import (
@@ -132,9 +136,14 @@ def create_app(config: EdgeConfig | None = None) -> Flask:
     app.extensions["hwr"] = open_context(config)
     api.init_app(app)
     ws.init_app(app)
+    app.extensions["hwr"].viewers = viewer.init_app(app)
     delivery = app.extensions["hwr"].delivery
     if delivery is not None:
         delivery.start()
+    if config.tunnel:
+        from .remote import open_tunnel
+
+        app.extensions["hwr"].tunnel = open_tunnel(app, config)
     if config.sync_enabled:
         _start_sync(config, app.extensions["hwr"])
     return app
@@ -149,6 +158,8 @@ def _start_sync(config: EdgeConfig, ctx: Context) -> None:
         models_info=lambda: {mode: m.info for mode, m in ctx.models.items()},
         on_models=delivery.on_models if delivery is not None else None,
     )
+    # The viewer's public link in each heartbeat ('' without a tunnel: the dashboard drops it).
+    ctx.sync.tunnel_url = lambda: ctx.tunnel.viewer_url() if ctx.tunnel is not None else ""
     ctx.sync.start()
 
 
@@ -156,6 +167,10 @@ def close_app(app: Flask) -> None:
     """Close what ``create_app`` opened: refuse new work, then close the stores."""
     ctx: Context | None = app.extensions.get("hwr")
     if ctx is not None:
+        if ctx.tunnel is not None:
+            ctx.tunnel.close()  # the ngrok agent with it
+        if ctx.viewers is not None:
+            ctx.viewers.close()
         if ctx.sync is not None:
             ctx.sync.stop()
         ctx.close()

@@ -1,6 +1,6 @@
 """``hwr-edge``: serve the edge app under gunicorn (one worker: one writer per store).
 
-    hwr-edge [--host H] [--port P] [--data-dir D] [--models-dir M] [--config FILE.toml]
+    hwr-edge [--host H] [--port P] [--data-dir D] [--models-dir M] [--config FILE.toml] [--tunnel]
 
 Settings come from defaults, then ``--config``, then HWR_EDGE_* variables, then these flags.
 The listening socket is bound here, before the server starts, so a port in use is reported
@@ -10,6 +10,9 @@ worker that cannot start (a data directory another hwr-edge holds, a store it ca
 write): it tells the master why through a pipe and the master stops at once, without gunicorn's
 restart loop.
 
+``--tunnel`` opens an ngrok tunnel to the viewer once the worker runs (edge/remote.py); without
+a viewer token or an ngrok auth token it is refused here, one line and status 2.
+
 The worker is :class:`edge.worker.EdgeWorker`: gunicorn's threads, with requests read whole in
 its event loop before a thread runs them, so slow and idle clients hold no thread.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
@@ -53,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, help="where the corrections are kept")
     p.add_argument("--models-dir", type=Path, help="folder with digits.json and characters.json")
     p.add_argument("--config", type=Path, help="a TOML file of settings")
+    p.add_argument(
+        "--tunnel",
+        action="store_true",
+        default=None,
+        help="open an ngrok tunnel to the viewer (needs viewer_token and NGROK_AUTHTOKEN)",
+    )
     return p.parse_args(argv)
 
 
@@ -203,6 +213,10 @@ def serve(config: EdgeConfig) -> int:
     check_models(config.models_dir)
     if config.sync_enabled:
         config.device_token()  # ConfigError here, not in the worker, when the token is missing
+    if config.tunnel:
+        from .remote import check_tunnel
+
+        check_tunnel(config)  # TunnelRefused: no viewer token or no ngrok token, exit 2
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -216,6 +230,10 @@ def serve(config: EdgeConfig) -> int:
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
         ) from None
     print(f"hwr-edge: serving {url_of(sock)} (data in {config.data_dir})", flush=True)
+    if config.tunnel:
+        # The worker opens the tunnel to the port actually bound (--port 0 included).
+        config = dataclasses.replace(config, port=sock.getsockname()[1])
+        print("hwr-edge: opening an ngrok tunnel to the viewer in the background", flush=True)
     # The app is imported in the worker only: the master stays small (it only supervises).
     server = EdgeServer(config, sock.detach())
     master = os.getpid()
@@ -238,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "port": args.port,
         "data_dir": args.data_dir,
         "models_dir": args.models_dir,
+        "tunnel": args.tunnel,
     }
     try:
         config = load_config(args.config, overrides=flags)

@@ -18,7 +18,9 @@ from hwrcore.settings import ConfigError, Layers
 
 ENV_PREFIX = "HWR_EDGE_"
 # Settings never written to the log or a flag.
-SECRET_FIELDS = ("sync_token",)
+SECRET_FIELDS = ("sync_token", "viewer_token", "tunnel_basic_auth")
+# A viewer token guards a public URL: shorter ones are refused.
+MIN_VIEWER_TOKEN_CHARS = 16
 
 
 def default_data_dir() -> Path:
@@ -76,6 +78,20 @@ class EdgeConfig:
     connections_per_client: int = 64  # open connections one address may hold
     sockets_per_client: int = 8  # open WebSockets one address may hold
     ws_idle_timeout: float = 300.0  # seconds a WebSocket may stay silent before it is closed
+    # The live viewer (edge/viewer.py) and remote access through an ngrok tunnel.
+    viewer_token: str = ""  # signs a teacher in at /viewer (environment or TOML; never logged)
+    viewer_token_file: str = ""  # a file holding the viewer token, instead of viewer_token
+    viewer_session_minutes: int = 120  # how long a viewer sign-in lasts
+    max_viewers: int = 8  # viewer sockets open at once
+    tunnel: bool = False  # open an ngrok tunnel to the viewer (hwr-edge --tunnel)
+    ngrok_token_file: str = ""  # a file holding the ngrok auth token (else NGROK_AUTHTOKEN)
+    ngrok_path: str = ""  # the ngrok agent binary (else PATH, else pyngrok downloads it)
+    ngrok_region: str = ""  # an ngrok region (us, eu, ap, ...); empty: ngrok's choice
+    tunnel_timeout: float = 15.0  # seconds the tunnel may take to open before it is given up
+    tunnel_basic_auth: str = ""  # ngrok-enforced basic auth: user:password,... (secret)
+    tunnel_oauth_provider: str = ""  # ngrok-enforced OAuth (google, github, ...)
+    tunnel_allow_emails: str = ""  # with OAuth: only these e-mail addresses, comma-separated
+    tunnel_ip_allow: str = ""  # ngrok-enforced IP allow-list: addresses or CIDRs, comma-separated
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -98,6 +114,8 @@ class EdgeConfig:
             "pending_limit",
             "connections_per_client",
             "sockets_per_client",
+            "viewer_session_minutes",
+            "max_viewers",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -114,6 +132,7 @@ class EdgeConfig:
             "model_poll_interval",
             "request_timeout",
             "ws_idle_timeout",
+            "tunnel_timeout",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -127,6 +146,8 @@ class EdgeConfig:
             )
         if self.sync_token and self.sync_token_file:
             raise ConfigError("set sync_token or sync_token_file, not both")
+        if self.viewer_token and self.viewer_token_file:
+            raise ConfigError("set viewer_token or viewer_token_file, not both")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"log_level must be debug/info/warning/error, got {self.log_level!r}")
 
@@ -159,6 +180,26 @@ class EdgeConfig:
                 return token
             raise ConfigError(f"sync_token_file {p} is empty")
         raise ConfigError("sync_url is set but no device token: set sync_token or sync_token_file")
+
+    def viewer_secret(self) -> str:
+        """The viewer token ('' when none is set: the viewer is then off); ConfigError if too short."""
+        token = self.viewer_token.strip()
+        if not token and self.viewer_token_file:
+            p = Path(self.viewer_token_file).expanduser()
+            try:
+                token = p.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"viewer_token_file {p} cannot be read: {exc.strerror or exc}"
+                ) from None
+            if not token:
+                raise ConfigError(f"viewer_token_file {p} is empty")
+        if token and len(token) < MIN_VIEWER_TOKEN_CHARS:
+            raise ConfigError(
+                f"the viewer token must be at least {MIN_VIEWER_TOKEN_CHARS} characters "
+                "(it guards a public URL); make one with: openssl rand -hex 16"
+            )
+        return token
 
 
 _LAYERS = Layers(EdgeConfig, env_prefix=ENV_PREFIX, table="edge", secrets=SECRET_FIELDS)

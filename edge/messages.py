@@ -121,6 +121,10 @@ class Context:
         self.delivery: Any = None
         # Set by the app when a sync server is configured: the edge.sync.SyncClient.
         self.sync: Any = None
+        # Set by the app: the edge.viewer.ViewerHub that answered messages are published to,
+        # and the hwrcore.tunnel.Tunnel when one was asked for.
+        self.viewers: Any = None
+        self.tunnel: Any = None
         self._swap_lock = threading.Lock()
 
     @property
@@ -168,8 +172,20 @@ class Internal(HwrError):
     code = "internal"
 
 
-def handle_message(msg: object, ctx: Context) -> dict[str, Any]:
-    """Answer one decoded message; errors come back as the wire's error message, never raised."""
+def handle_message(msg: object, ctx: Context, canvas: str = "http") -> dict[str, Any]:
+    """Answer one decoded message; errors come back as the wire's error message, never raised.
+
+    The answer is then published to the viewers (``ctx.viewers``) as coming from ``canvas``,
+    the pupil's socket (HTTP requests all share the canvas "http").
+    """
+    reply = _answer(msg, ctx)
+    if ctx.viewers is not None and isinstance(msg, dict):
+        ctx.viewers.publish(canvas, msg, reply)
+    return reply
+
+
+def _answer(msg: object, ctx: Context) -> dict[str, Any]:
+    """The answer to one decoded message, as ``handle_message`` returns it."""
     t0 = time.perf_counter()
     seq = None
     try:
@@ -384,6 +400,8 @@ def health(ctx: Context) -> dict[str, Any]:
         "corrections": {mode: _plain(store.stats()) for mode, store in ctx.stores.items()},
         "pending": pending_total(ctx),
         "sync": ctx.sync.status() if ctx.sync is not None else {"state": "off"},
+        "tunnel": ctx.tunnel.status() if ctx.tunnel is not None else {"state": "off"},
+        "viewers": ctx.viewers.count() if ctx.viewers is not None else 0,
         "uptime_s": round(time.monotonic() - ctx.started, 3),
     }
 

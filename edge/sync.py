@@ -223,6 +223,7 @@ class SyncClient:
         self._refused: Counter[str] = Counter()  # "rejected" / "conflict" -> count
         self._codes: Counter[str] = Counter()  # the refusals' error codes -> count
         self._uploaded = 0
+        self.tunnel_url: Callable[[], str | None] = lambda: None  # the heartbeat's tunnel_url
 
     # -- the thread ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -354,7 +355,7 @@ class SyncClient:
             "pending": self.pending(),
             "software": __version__,
             "clock": self._clock(),
-            "tunnel_url": None,
+            "tunnel_url": self.tunnel_url(),
         }
         try:
             answer = self._post(HEARTBEAT_PATH, json.dumps(body).encode("utf-8"))

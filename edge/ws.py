@@ -5,6 +5,9 @@ Messages are JSON objects with a ``type`` and a client ``seq`` that is echoed:
 "prediction", "seq": 3, "id", "label", "confidence", "top", "source", "model", "ms"}``;
 ``{"type": "correct", "seq", "id"|drawing, "label"}`` -> ``{"type": "corrected", "seq",
 "correction_id", "stored": true}``; ``{"type": "health"}`` -> ``{"type": "health", ...}``.
+While viewers watch (edge/viewer.py) the server also sends ``{"type": "watching", "viewers": n}``
+whenever their number changes (within a second), so the page shows the pupil it is watched;
+the socket's drawings are what those viewers see.
 Anything wrong -> ``{"type": "error", "seq", "error": {"code", "message"}}`` and the socket
 stays open: binary frames, oversized messages and floods (beyond a per-socket rate) included.
 
@@ -22,6 +25,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -64,7 +68,9 @@ class RateLimit:
         return False
 
 
-def answer(data: str | bytes, ctx: Context, config: EdgeConfig, limit: RateLimit) -> dict[str, Any]:
+def answer(
+    data: str | bytes, ctx: Context, config: EdgeConfig, limit: RateLimit, canvas: str = "ws"
+) -> dict[str, Any]:
     """The answer to one frame: bounded in size and rate, then ``handle_message``."""
     allowed = limit.allow()
     if isinstance(data, (bytes, bytearray)):
@@ -84,7 +90,7 @@ def answer(data: str | bytes, ctx: Context, config: EdgeConfig, limit: RateLimit
             f"too many messages: at most {config.ws_messages_per_second:g} a second on one socket",
             seq,
         )
-    return handle_message(msg, ctx)
+    return handle_message(msg, ctx, canvas)
 
 
 def encode(reply: dict[str, Any]) -> str:
@@ -97,7 +103,15 @@ def session(ws: Any, ctx: Context, config: EdgeConfig) -> None:
     limit = RateLimit(config.ws_messages_per_second, config.ws_burst)
     log.debug("websocket session opened")
     last = time.monotonic()
+    canvas = f"ws-{uuid.uuid4().hex}"  # this page's drawing, as the viewers see it
+    watched = 0  # viewers last told to this page ({"type": "watching"} when it changes)
     while not ctx.closing.is_set():
+        if ctx.viewers is not None and ctx.viewers.count() != watched:
+            watched = ctx.viewers.count()
+            try:
+                ws.send(encode({"type": "watching", "viewers": watched}))
+            except (ConnectionClosed, OSError):
+                break
         quiet = time.monotonic() - last
         if quiet >= config.ws_idle_timeout:
             _close(ws, 1000, "closed after a long silence; open a new socket")
@@ -112,9 +126,11 @@ def session(ws: Any, ctx: Context, config: EdgeConfig) -> None:
             continue
         last = time.monotonic()
         try:
-            ws.send(encode(public_health(answer(data, ctx, config, limit))))
+            ws.send(encode(public_health(answer(data, ctx, config, limit, canvas))))
         except (ConnectionClosed, OSError):  # a client that does not read is cut off
             break
+    if ctx.viewers is not None:
+        ctx.viewers.canvas_closed(canvas)
     if ctx.closing.is_set():
         _close(ws, 1001, "the server is shutting down")
     log.debug("websocket session closed")
