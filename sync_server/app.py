@@ -13,7 +13,7 @@ import logging
 
 from flask import Flask
 
-from . import api, dashboard
+from . import admin_api, api, dashboard, remote
 from .config import SyncConfig, load_config
 from .jobs import JobQueue
 from .notify import Notifier
@@ -42,7 +42,9 @@ def create_app(config: SyncConfig | None = None) -> Flask:
         )
         app.extensions["hwr_sync"] = st
         api.init_app(app)
+        admin_api.init_app(app)  # /api/v1/admin/: quarantine, jobs, versions, rollout
         dashboard.init_app(app)  # /admin: sign-in, pages, actions
+        remote.init_app(app)  # GET /api/v1/admin/tunnel; the dashboard's tunnel state
     except BaseException:
         st.close()
         raise

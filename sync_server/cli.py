@@ -1,6 +1,6 @@
 """``hwr-sync-server``: serve the school's sync server, and manage its devices and models.
 
-    hwr-sync-server serve [--host H] [--port P] [--data-dir D] [--config FILE.toml]
+    hwr-sync-server serve [--host H] [--port P] [--data-dir D] [--config FILE.toml] [--tunnel]
     hwr-sync-server add-device NAME [--group G]      # the token alone on the last line
     hwr-sync-server revoke-device NAME
     hwr-sync-server devices
@@ -8,6 +8,10 @@
     hwr-sync-server publish MODEL.json
     hwr-sync-server rollback NAME VERSION
     hwr-sync-server models
+    hwr-sync-server worker                           # the Huey consumer: scoring and retraining
+    hwr-sync-server retrain digits|characters [--wait]
+    hwr-sync-server rollout NAME VERSION [--group G] # no group: every device
+    hwr-sync-server jobs
 
 Every subcommand takes ``--data-dir`` and ``--config``; settings come from defaults, then the
 TOML file, then HWR_SYNC_* variables, then flags. The commands other than ``serve`` write the
@@ -24,7 +28,7 @@ import json
 import logging
 import os
 import signal
-import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +38,7 @@ from gunicorn.app.base import BaseApplication
 
 from hwrcore import release as rel
 from hwrcore.errors import HwrError
+from hwrcore.serving import bind, die_with_parent, url_of
 
 from .config import SyncConfig, load_config
 from .state import StartError, open_state
@@ -54,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s = sub.add_parser("serve", parents=[common], help="serve the device API")
     s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port to listen on (default 8100; 0 picks a free one)")
+    s.add_argument(
+        "--tunnel",
+        action="store_true",
+        default=None,
+        help="open an ngrok tunnel to this server (needs the admin token and NGROK_AUTHTOKEN)",
+    )
     a = sub.add_parser("add-device", parents=[common], help="register a device, print its token")
     a.add_argument("name")
     a.add_argument("--group", help="a group (a class or room) for the device")
@@ -67,6 +78,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rb.add_argument("name")
     rb.add_argument("version")
     sub.add_parser("models", parents=[common], help="list the stored model versions")
+    sub.add_parser("worker", parents=[common], help="run the job worker (scoring, retraining)")
+    rt = sub.add_parser("retrain", parents=[common], help="queue a retrain of a model")
+    rt.add_argument("name", help="the model: digits or characters")
+    rt.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    ro = sub.add_parser("rollout", parents=[common], help="release a stored version to a group")
+    ro.add_argument("name")
+    ro.add_argument("version")
+    ro.add_argument("--group", help="the device group (default: every device)")
+    sub.add_parser("jobs", parents=[common], help="list the retraining jobs")
     return p.parse_args(argv)
 
 
@@ -106,36 +126,12 @@ class SyncServer(BaseApplication):
         return create_app(self.sync_config)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (SO_REUSEADDR, so a restart rebinds at once)."""
-    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(addr)
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
-
-
 def _die_with_parent(server: Any, worker: Any) -> None:
     """In a worker: die with the master (SIGKILL included) instead of living on alone."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: gunicorn's own parent check ends the worker a little later
-    if os.getppid() != worker.ppid:
-        os._exit(1)
+    die_with_parent(worker.ppid)
+    from .remote import forget_inherited_agent
+
+    forget_inherited_agent()  # the master's ngrok agent is the master's to stop
 
 
 def _on_worker_exit(server: Any, worker: Any) -> None:
@@ -146,9 +142,39 @@ def _on_worker_exit(server: Any, worker: Any) -> None:
         close_app(app)
 
 
-def serve(config: SyncConfig) -> int:
+def start_worker(config: SyncConfig, config_file: Path | None) -> subprocess.Popen:
+    """``hwr-sync-server worker`` beside the server, dying with it."""
+    cmd = [sys.executable, "-m", "sync_server", "worker", "--data-dir", str(config.data_dir)]
+    if config_file is not None:
+        cmd += ["--config", str(config_file)]
+
+    def die_with_parent() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+
+    return subprocess.Popen(cmd, preexec_fn=die_with_parent, stdout=subprocess.DEVNULL)
+
+
+def stop_worker(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Stop the worker (a job it was running is marked failed at its next start)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def serve(config: SyncConfig, config_file: Path | None = None) -> int:
     """Migrate, make the key, import the shipped models, bind, print the URL, serve until stopped."""
     log.info("effective config: %s", config.to_dict())
+    if config.tunnel:
+        from .remote import check_tunnel
+
+        check_tunnel(config)  # TunnelRefused: no admin token or no ngrok token, exit 2
     open_state(config).close()  # every start-up failure is reported here, before binding
     try:
         sock = bind(config.host, config.port)
@@ -157,11 +183,25 @@ def serve(config: SyncConfig) -> int:
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
         ) from None
     print(f"{PROG}: serving {url_of(sock)} (data in {config.data_dir})", flush=True)
+    from .remote import no_tunnel, open_tunnel
+
+    tunnel = None
+    if config.tunnel:  # one agent, in this process, whatever the number of workers
+        tunnel = open_tunnel(config, sock.getsockname()[1])
+        print(f"{PROG}: opening an ngrok tunnel in the background", flush=True)
+    else:
+        no_tunnel(config)
     server = SyncServer(config, sock.detach())
+    worker = start_worker(config, config_file) if config.start_worker else None
     try:
         server.run()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+        if tunnel is not None:
+            tunnel.close()  # the ngrok agent with it
     return 0
 
 
@@ -180,6 +220,10 @@ def run_command(args: argparse.Namespace, config: SyncConfig) -> int:
     """Everything but ``serve``: open the state, act, print."""
     from .devices import add_device, list_devices, revoke_device
 
+    if args.command == "worker":
+        from .jobs import run_worker
+
+        return run_worker(config)
     st = open_state(config)
     try:
         if args.command == "add-device":
@@ -208,6 +252,21 @@ def run_command(args: argparse.Namespace, config: SyncConfig) -> int:
         elif args.command == "rollback":
             c = st.registry.rollback(args.name, args.version, by=_who())
             print(f"{c.name} {c.version} is the current release again (sequence {c.sequence})")
+        elif args.command == "rollout":
+            c = st.registry.rollout(args.name, args.version, args.group, by=_who())
+            who = f"group {args.group!r}" if args.group else "every device"
+            print(f"{c.name} {c.version} is the current release for {who} (sequence {c.sequence})")
+        elif args.command == "retrain":
+            return _retrain(st, config, args)
+        elif args.command == "jobs":
+            from .jobs import list_jobs
+
+            for j in list_jobs(st.engine):
+                print(
+                    f"{j['id']}\t{j['name']}\t{j['status']}\t{j['stage'] or '-'}\t"
+                    f"{j['percent']:.0f}%\t{j['version'] or '-'}\t{_when(j['requested'])}\t"
+                    f"{j['requested_by']}\t{j['reason'] or ''}"
+                )
         elif args.command == "models":
             for m in st.registry.models():
                 mark = "*" if m["current"] else " "
@@ -220,25 +279,53 @@ def run_command(args: argparse.Namespace, config: SyncConfig) -> int:
     return 0
 
 
+def _retrain(st: Any, config: SyncConfig, args: argparse.Namespace) -> int:
+    """Queue (or join) a retrain; with --wait follow it: 0 published, 1 refused or failed."""
+    from .jobs import JobQueue, get_job, request_retrain
+
+    st.jobs = JobQueue(config)
+    job = request_retrain(st, args.name, by=_who(), trigger="cli")
+    verb = "joined the" if job["joined"] else "queued"
+    print(f"{verb} job {job['id']}: retrain {job['name']} ({job['status']})", flush=True)
+    if not args.wait:
+        return 0
+    seen = None
+    while True:
+        job = get_job(st.engine, job["id"]) or job
+        now = (job["status"], job["stage"], job["epoch"], int(job["percent"] or 0) // 10)
+        if now != seen:
+            epoch = f" epoch {job['epoch']}/{job['epochs']}" if job["stage"] == "training" else ""
+            print(f"job {job['id']}: {job['status']} {job['stage']}{epoch} {job['percent']:.0f}%")
+            seen = now
+        if job["status"] in ("published", "refused", "failed"):
+            break
+        time.sleep(1.0)
+    if job["status"] == "published":
+        print(f"{job['name']} {job['version']} is published")
+        return 0
+    print(f"job {job['id']} {job['status']}: {job['reason']}")
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, run the command, and map every domain failure to one line on stderr and status 2."""
     args = parse_args(argv)
     flags: dict[str, Any] = {"data_dir": args.data_dir}
     if args.command == "serve":
-        flags.update(host=args.host, port=args.port)
+        flags.update(host=args.host, port=args.port, tunnel=args.tunnel)
     try:
         config = load_config(args.config, overrides=flags)
     except HwrError as exc:
         print(f"{PROG}: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(
-        level=config.log_level.upper() if args.command == "serve" else "WARNING",
+        level=config.log_level.upper() if args.command in ("serve", "worker") else "WARNING",
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
         if args.command == "serve":
-            status = serve(config)
+            status = serve(config, args.config)
         else:
             return run_command(args, config)
     except HwrError as exc:
