@@ -25,7 +25,6 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from hwrcore.errors import HwrError
+from hwrcore.serving import bind, die_with_parent, url_of
 
 from .config import EdgeConfig, load_config
 from .models import check_models
@@ -66,45 +66,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (SO_REUSEADDR, so a restart rebinds at once)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    family, kind, proto, _, addr = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family in (socket.AF_INET, socket.AF_INET6):
-            # Set before listen(): connections accepted early inherit it, so no answer waits
-            # on Nagle's algorithm.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(addr)
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
-
-
 def _die_with_parent(server: Any, worker: Any) -> None:
     """In the worker: die with the master, as a power cut would, instead of living on alone."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         # glibc gives each thread its own malloc arena; with dozens of socket threads that
         # multiplies resident memory for nothing on a 1 GB device.
         libc.mallopt(M_ARENA_MAX, 2)
         libc.mallopt(M_MMAP_THRESHOLD, MALLOC_RETURN_BYTES)
         libc.mallopt(M_TRIM_THRESHOLD, MALLOC_RETURN_BYTES)
     except (OSError, AttributeError):
-        pass  # not Linux/glibc: gunicorn's own parent check ends the worker a little later
-    if os.getppid() != worker.ppid:
-        os._exit(1)
+        pass  # not glibc: the allocator's defaults
+    die_with_parent(worker.ppid)
 
 
 def _on_worker_ready(worker: Any) -> None:

@@ -67,8 +67,9 @@ class Server:
             try:
                 if requests.get(self.url + "/api/v1/models", timeout=2).status_code == 401:
                     return
-            except requests.ConnectionError:
-                time.sleep(0.1)
+            except requests.RequestException:  # not listening yet, or too busy to answer
+                pass
+            time.sleep(0.1)
         self.stop()
         raise AssertionError("the server did not answer within 30 s")
 
