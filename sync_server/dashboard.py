@@ -71,6 +71,7 @@ NEXT_RE = re.compile(r"^/admin(/[A-Za-z0-9._-]*)*$")
 FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.tflite$")
 MODE_NAMES = {"digit": "digits", "char": "letters"}
 CLASS_STATES = ("accepted", "approved", "quarantined", "rejected", "unscored")
+CLASS_COLOURS = ("#1d4ed8", "#15803d", "#d97706", "#be123c", "#94a3b8")
 PAGE_ITEMS = 60  # drawings on one page of the quarantine
 PAGES = (
     ("admin.devices", "Devices"),
@@ -225,12 +226,23 @@ def devices() -> str:
     for d in rows:
         d["merge"] = (merged or {}).get(d["name"], {})
     current = st.registry.current_by_mode()
+    by_class = stats.corrections_by_class(st.engine)
+    waiting = learning.quarantine(st, "open", limit=1)
+    recent = learning.jobs(st)
     return _page(
         "admin/devices.html",
         devices=rows,
         current=current,
         merge_available=merged is not None,
         online_s=stats.ONLINE_S,
+        totals={m: sum(n for _, n in by_class[m]) for m in by_class},
+        waiting=None if waiting is None else waiting[1],
+        last_job=recent[0] if recent else None,
+        day_plot=plots.timeline(
+            {MODE_NAMES[m]: pts for m, pts in stats.corrections_by_day(st.engine, 14).items()},
+            "corrections per day, last 14 days",
+            height=160,
+        ),
     )
 
 
@@ -250,6 +262,7 @@ def corrections() -> str:
                 [(c["label"], [c[k] for k in CLASS_STATES]) for c in detail[mode]],
                 CLASS_STATES,
                 title,
+                colours=CLASS_COLOURS,
             )
         else:
             class_plots[mode] = plots.columns([(lab, [n]) for lab, n in items], ["stored"], title)

@@ -51,6 +51,7 @@ def columns(
     *,
     width: int = 720,
     height: int = 200,
+    colours: Sequence[str] = SERIES,
 ) -> Markup:
     """Vertical stacked columns, one per (label, values per series): counts per class."""
     left, bottom, top = 40, 22, 22
@@ -60,7 +61,7 @@ def columns(
     step = plot_w / n
     body = _axis_y(left, top, plot_w, plot_h, vmax)
     if len(series) > 1:
-        body += _legend(series, left, 12)
+        body += _legend(series, left, 12, colours)
     for i, (name, values) in enumerate(items):
         x = left + i * step + step * 0.15
         y = float(top + plot_h)
@@ -70,7 +71,7 @@ def columns(
                 y -= h
                 body.append(
                     f'<rect x="{x:.1f}" y="{y:.1f}" width="{step * 0.7:.1f}" height="{h:.1f}" '
-                    f'fill="{SERIES[j % len(SERIES)]}"><title>{escape(name)}, '
+                    f'fill="{colours[j % len(colours)]}"><title>{escape(name)}, '
                     f"{escape(series[j])}: {_fmt(v)}</title></rect>"
                 )
         body.append(
@@ -149,10 +150,10 @@ def timeline(
                 f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}">'
                 f"<title>{escape(name)} {day}: {_fmt(v)}</title></circle>"
             )
-    for t in (t0, t0 + span / 2, t1):
+    for t, anchor in ((t0, "start"), (t0 + span / 2, "middle"), (t1, "end")):
         x = left + plot_w * (t - t0) / span
         body.append(
-            f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle" {FONT} fill="{INK}">'
+            f'<text x="{x:.1f}" y="{height - 6}" text-anchor="{anchor}" {FONT} fill="{INK}">'
             f"{time.strftime('%d %b', time.gmtime(t))}</text>"
         )
     return _svg(width, height, label, body)
@@ -269,12 +270,12 @@ def _axis_y(left: int, top: int, plot_w: float, plot_h: float, vmax: float) -> l
     return out
 
 
-def _legend(names: Sequence[str], x: int, y: int) -> list[str]:
+def _legend(names: Sequence[str], x: int, y: int, colours: Sequence[str] = SERIES) -> list[str]:
     out = []
     for k, name in enumerate(names):
         cx = x + k * 120
         out.append(
-            f'<rect x="{cx}" y="{y - 9}" width="10" height="10" fill="{SERIES[k % len(SERIES)]}"/>'
+            f'<rect x="{cx}" y="{y - 9}" width="10" height="10" fill="{colours[k % len(colours)]}"/>'
             f'<text x="{cx + 14}" y="{y}" {FONT} fill="{INK}">{escape(name)}</text>'
         )
     return out

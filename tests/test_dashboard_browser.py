@@ -92,8 +92,16 @@ def school(tmp_path_factory: pytest.TempPathFactory) -> Iterator[School]:
             )
             assert [x["status"] for x in r.json()["results"]] == ["stored"] * len(items)
 
-        send("room-1", [item(label=str(i % 10), image=image(i)) for i in range(12)])
-        send("room-2", [item(label=str(i % 10), image=image(100 + i)) for i in range(5)])
+        def made(i: int) -> float:  # corrections made over the last days, for the plots
+            return time.time() - (i * 7 % 10) * 86400.0 - i * 60.0
+
+        send(
+            "room-1", [item(label=str(i % 10), image=image(i), created=made(i)) for i in range(12)]
+        )
+        send(
+            "room-2",
+            [item(label=str(i % 10), image=image(100 + i), created=made(i)) for i in range(5)],
+        )
         send("room-3", [item(mode="char", label="f", image=image(200 + i)) for i in range(3)])
         # the same drawings labelled differently by two devices: tied votes, quarantined
         ties = []
