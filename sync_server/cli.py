@@ -170,11 +170,11 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def serve(config: SyncConfig, config_file: Path | None = None) -> int:
     """Migrate, make the key, import the shipped models, bind, print the URL, serve until stopped."""
-    log.info("effective config: %s", config.to_dict())
     if config.tunnel:
         from .remote import check_tunnel
 
         check_tunnel(config)  # TunnelRefused: no admin token or no ngrok token, exit 2
+    log.info("effective config: %s", config.to_dict())
     open_state(config).close()  # every start-up failure is reported here, before binding
     try:
         sock = bind(config.host, config.port)
@@ -185,7 +185,7 @@ def serve(config: SyncConfig, config_file: Path | None = None) -> int:
     print(f"{PROG}: serving {url_of(sock)} (data in {config.data_dir})", flush=True)
     from .remote import no_tunnel, open_tunnel
 
-    tunnel = None
+    tunnel, master = None, os.getpid()
     if config.tunnel:  # one agent, in this process, whatever the number of workers
         tunnel = open_tunnel(config, sock.getsockname()[1])
         print(f"{PROG}: opening an ngrok tunnel in the background", flush=True)
@@ -200,7 +200,7 @@ def serve(config: SyncConfig, config_file: Path | None = None) -> int:
     finally:
         if worker is not None:
             stop_worker(worker)
-        if tunnel is not None:
+        if tunnel is not None and os.getpid() == master:  # a worker unwinds through here too
             tunnel.close()  # the ngrok agent with it
     return 0
 

@@ -21,7 +21,7 @@ from hwrcore.settings import ConfigError, Layers
 ENV_PREFIX = "HWR_SYNC_"
 ADMIN_TOKEN_ENV = "HWR_SYNC_ADMIN_TOKEN"
 # Settings never written to the log or taken from a flag.
-SECRET_FIELDS = ("admin_token",)
+SECRET_FIELDS = ("admin_token", "tunnel_basic_auth")
 
 
 def default_data_dir() -> Path:
@@ -56,6 +56,16 @@ class SyncConfig:
     log_level: str = "info"
     admin_session_minutes: int = 480  # how long a dashboard sign-in lasts
     proxy_hops: int = 0  # proxies (a tunnel, nginx) in front that set X-Forwarded-*; 0: none
+    # Remote access through an ngrok tunnel (hwr-sync-server serve --tunnel; sync_server/remote.py).
+    tunnel: bool = False  # open an ngrok tunnel to this server (refused without an admin token)
+    ngrok_token_file: str = ""  # a file holding the ngrok auth token (else NGROK_AUTHTOKEN)
+    ngrok_path: str = ""  # the ngrok agent binary (else PATH, else pyngrok downloads it)
+    ngrok_region: str = ""  # an ngrok region (us, eu, ap, ...); empty: ngrok's choice
+    tunnel_timeout: float = 15.0  # seconds the tunnel may take to open before it is given up
+    tunnel_basic_auth: str = ""  # ngrok-enforced basic auth: user:password,... (secret)
+    tunnel_oauth_provider: str = ""  # ngrok-enforced OAuth (google, github, ...)
+    tunnel_allow_emails: str = ""  # with OAuth: only these e-mail addresses, comma-separated
+    tunnel_ip_allow: str = ""  # ngrok-enforced IP allow-list: addresses or CIDRs, comma-separated
     # -- the learning loop (sync_server/merge.py, jobs.py, retrain.py) ---------------------------
     start_worker: bool = True  # serve starts an hwr-sync-server worker beside itself
     worker_threads: int = 2  # Huey worker threads (scoring goes on while one job trains)
@@ -114,7 +124,7 @@ class SyncConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("rate_per_second", "release_poll_interval"):
+        for name in ("rate_per_second", "release_poll_interval", "tunnel_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in (

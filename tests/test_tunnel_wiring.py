@@ -257,3 +257,75 @@ def test_offline_the_tunnel_fails_in_one_line_within_its_bound_and_the_device_se
         assert requests.get(edge.url, timeout=10).status_code == 200
     finally:
         edge.stop()
+
+
+# ---- the sync server ---------------------------------------------------------------------------
+
+ADMIN = "admin-token-for-the-tunnel-tests"
+
+
+def sync_env(agent: Agent, tmp_path: Path, mode: str = "ok", **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HWR_SYNC_")}
+    env.update(agent.env(mode))
+    env.update(
+        HWR_SYNC_ADMIN_TOKEN=ADMIN,
+        HWR_SYNC_MODELS_DIR=str(edge_models()),
+        HWR_SYNC_START_WORKER="false",
+        HWR_SYNC_NGROK_PATH=str(agent.path),
+        HWR_SYNC_TUNNEL_TIMEOUT="5",
+    )
+    env.update(extra)
+    return env
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_the_sync_server_tunnel_opens_for_the_admin_and_survives_its_workers(tmp_path):
+    from tests.sync_harness import Process
+
+    agent = Agent(tmp_path / "agent")
+    cmd = [sys.executable, "-m", "sync_server", "serve", "--port", "0", "--tunnel"]
+    cmd += ["--data-dir", str(tmp_path / "server")]
+    server = Process(cmd, tmp_path / "server.log", "/api/v1/models", sync_env(agent, tmp_path))
+    try:
+
+        def status(token: str | None = ADMIN) -> requests.Response:
+            auth = {"Authorization": f"Bearer {token}"} if token else {}
+            return requests.get(server.url + "/api/v1/admin/tunnel", headers=auth, timeout=10)
+
+        opened = wait_for(lambda: (s := status().json())["state"] == "open" and s, 15, "no tunnel")
+        assert URL.match(opened["url"]) and opened["error"] is None
+        assert status(None).status_code == 401 and status("wrong").status_code == 401
+        (started,) = agent.events("start")
+        for _ in range(2):  # a worker that exits (and the one forked to replace it) leaves it
+            worker = [p for p in children(server.proc.pid) if p != started["pid"]][0]
+            os.kill(worker, 15)
+            wait_for(lambda w=worker: not alive(w), 15, "the worker did not exit")
+            wait_for(lambda: len(children(server.proc.pid)) == 3, 30, "no worker replaced it")
+            time.sleep(0.5)
+            assert alive(started["pid"]) and status().json()["state"] == "open"
+        log = server.tail(20000)
+        assert f"remote server: {opened['url']}" in log
+        assert NGROK_TOKEN not in log and ADMIN not in log
+    finally:
+        code = server.stop()
+    assert code == 0
+    wait_for(lambda: not alive(started["pid"]), 5, "the agent outlived the server")
+    assert [e["method"] for e in agent.events("request")] == ["POST", "DELETE"]
+    state = json.loads((tmp_path / "server" / "tunnel.json").read_text())
+    assert state == {"state": "closed", "url": None, "error": None}
+
+
+def test_the_sync_server_tunnel_is_refused_without_an_admin_token(tmp_path):
+    agent = Agent(tmp_path / "agent")
+    env = sync_env(agent, tmp_path, HWR_SYNC_ADMIN_TOKEN="")
+    cmd = [sys.executable, "-m", "sync_server", "serve", "--port", "0", "--tunnel"]
+    cmd += ["--data-dir", str(tmp_path / "server")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2, out
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("hwr-sync-server: ngrok tunnel refused: the sync server's admin routes")
+    assert agent.events() == []
