@@ -206,3 +206,23 @@ def test_low_recall_warnings_by_hand() -> None:
     s = score(np.array([0, 0, 0, 0, 0, 1, 1, 2]), np.array([0, 0, 0, 0, 1, 0, 0, 2]), "abc")
     got = low_recall_warnings(s, "test")
     assert LOW_RECALL == 0.2 and len(got) == 1 and got[0].startswith("class 'b' recall 0.0%")
+
+
+def test_validate_gates_a_model_against_its_baseline(data_dir: Path, capsys) -> None:
+    """A model is not better than itself: validate --baseline exits 1 and says why."""
+    shipped = require_models() / "digits.json"
+    args = ["validate", "digits", "--manifest", str(shipped), "--data-dir", str(data_dir)]
+    rc = main([*args, "--val-size", "300", "--baseline", str(shipped), "--min-recall", "0.5"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "not better than the baseline: as_is accuracy" in out, out
+    assert "on 300 validation images" in out
+
+
+def test_beats_by_hand() -> None:
+    from trainer.evaluate import beats
+
+    good = {"as_is": score(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]), "ab")}
+    weak = {"as_is": score(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1]), "ab")}
+    assert beats(good, weak)[0] and not beats(weak, good)[0]
+    assert not beats(good, weak, min_recall=1.01)[0]
+    assert "classes under 101%: a, b" in beats(good, weak, min_recall=1.01)[1]

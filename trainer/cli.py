@@ -235,6 +235,16 @@ def _add_validate(sub) -> None:
     p.add_argument("--relabel", help="a relabel list: also score the relabelled slice")
     p.add_argument("--classes", default="", help="classes whose recall to print, e.g. fFILgq")
     p.add_argument("--out", help="write every figure to this JSON file")
+    p.add_argument(
+        "--baseline",
+        help="the shipped model's manifest: exit 1 unless the model beats it on this slice",
+    )
+    p.add_argument(
+        "--min-recall",
+        type=float,
+        default=0.6,
+        help="with --baseline: every class's recall must reach this (default 0.6)",
+    )
 
 
 def cmd_validate(args) -> int:
@@ -263,7 +273,21 @@ def cmd_validate(args) -> int:
         )
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
-    return 0
+    if not args.baseline:
+        return 0
+    from .evaluate import beats
+
+    base = validate(
+        args.task,
+        args.baseline,
+        args.data_dir,
+        val_size=args.val_size,
+        seed=args.seed,
+        relabel=args.relabel,
+    )
+    ok, reasons = beats(res, base, args.min_recall)
+    print(("better than the baseline: " if ok else "not better than the baseline: ") + reasons)
+    return 0 if ok else 1
 
 
 def _add_export(sub) -> None:

@@ -458,6 +458,24 @@ def validate(
     return out
 
 
+def beats(
+    candidate: dict[str, Any], baseline: dict[str, Any], min_recall: float = 0.6
+) -> tuple[bool, str]:
+    """The shipping gate on validation: higher accuracy and macro recall than the baseline,
+    and every class's recall at least ``min_recall`` (on the relabelled slice where there is
+    one). Returns the verdict and the figures it rests on."""
+    key = "relabelled" if "relabelled" in candidate and "relabelled" in baseline else "as_is"
+    c, b = candidate[key], baseline[key]
+    low = [x["label"] for x in c["per_class"] if x["support"] and x["recall"] < min_recall]
+    ok = c["accuracy"] > b["accuracy"] and c["macro_recall"] > b["macro_recall"] and not low
+    text = (
+        f"{key} accuracy {b['accuracy']:.4f} -> {c['accuracy']:.4f}, macro recall "
+        f"{b['macro_recall']:.4f} -> {c['macro_recall']:.4f}, classes under {min_recall:.0%}: "
+        f"{', '.join(low) or 'none'}"
+    )
+    return ok, text
+
+
 def relabel_record(path: str | os.PathLike) -> dict[str, Any]:
     """What the manifest records of a relabel list: its file, sha256, classes and count."""
     from .relabel import list_sha256, load_list
