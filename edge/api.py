@@ -7,28 +7,39 @@ Writes are accepted from the device's own page only (edge/guard.py): a known Hos
 Origin, and ``Content-Type: application/json`` on every POST route. Bodies are read up to
 ``max_body_bytes``, chunked ones included (413 beyond).
 
-The seed paper's endpoints take its JSON requests unchanged (a form, which any web site can
-make a browser send, is refused with 415):
+The seed paper's endpoints take its page's JSON requests unchanged (a form, which any web site
+can make a browser send, is refused with 415):
 
-* ``POST /predict`` with ``image`` (the canvas as a base64 PNG, optionally a ``data:`` URL) and
-  optionally ``mode`` ('digit', the default, or 'char'); answers like ``/api/predict`` plus
-  ``"prediction"`` (the label).
-* ``POST /correct`` with ``image``, ``label`` and optionally ``mode``; answers like
-  ``/api/correct``.
+* ``POST /predict`` with ``data_url`` (the canvas as a ``data:image/png;base64,`` URL; ``image``
+  is read as well) and ``mode`` ('digits' or 'characters'; 'digit', the default, and 'char' as
+  well); answers like ``/api/predict`` plus the seed's fields: ``prediction`` (the label),
+  ``confidence`` (0-1), ``source``, ``time`` (seconds) and ``image`` (the base64 PNG of the
+  28x28 model input, white ink on black).
+* ``POST /correct`` with the same and ``true_label`` (or ``label``); answers like
+  ``/api/correct`` plus ``"status": "success"`` and a ``message``.
+* ``POST /stats`` with ``{}``; answers ``digits`` and ``chars`` (corrections stored on this
+  device, withdrawn ones left out) besides ``corrections`` by mode and ``pending``.
+
+An error keeps the one error body; /correct and /stats add the seed's ``"status": "error"`` and
+``message`` beside it.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 from typing import Any
 
+import numpy as np
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
+from PIL import Image
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from hwrcore import protocol
 
 from . import guard
-from .messages import Context, handle_message
+from .messages import Context, correction_counts, handle_message, pending_total
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +56,8 @@ HTTP_CODES = {
     431: ("headers_too_large", "the request headers are too large"),
 }
 READ_CHUNK = 64 << 10
-PAPER_FIELDS = ("mode", "image", "label")
+# The seed page's names for the modes, and the project's own.
+PAPER_MODES = {"digits": "digit", "characters": "char", "digit": "digit", "char": "char"}
 
 
 def _ctx() -> Context:
@@ -118,37 +130,97 @@ def api_correct() -> Response:
     return _api("correct")
 
 
+@bp.post("/api/confirm")
+def api_confirm() -> Response:
+    """Keep a guess as right (a confirmation), by prediction id or with the drawing and label."""
+    return _api("confirm")
+
+
+@bp.post("/api/withdraw")
+def api_withdraw() -> Response:
+    """Take a stored correction or confirmation back: ``{"correction_id", "by"}``."""
+    return _api("withdraw")
+
+
 def _paper_fields() -> dict[str, Any]:
-    """``mode``, ``image`` and ``label`` of a seed-paper request (a JSON object)."""
+    """``mode``, ``image`` and ``label`` of a seed-page request, in the project's own terms."""
     body = protocol.require_object(_json_body())
-    fields = {k: body[k] for k in PAPER_FIELDS if k in body}
-    fields.setdefault("mode", "digit")
+    fields: dict[str, Any] = {}
+    mode = body.get("mode", "digit")
+    fields["mode"] = PAPER_MODES.get(mode, mode) if isinstance(mode, str) else mode
+    image = body.get("data_url", body.get("image"))
+    if image is None:
+        raise protocol.ProtocolError("the request has no data_url (the canvas as a PNG data URL)")
+    fields["image"] = image
+    label = body.get("true_label", body.get("label"))
+    if label is not None:
+        fields["label"] = label
     return fields
 
 
-def _paper(kind: str) -> Response:
-    try:
-        fields = _paper_fields()
-    except protocol.ProtocolError as exc:
-        return error_response(exc.code, exc.message)
-    if "image" not in fields:
-        return error_response("invalid_message", "the request has no image field")
-    reply = _handle(kind, fields)
-    if reply.get("type") == "prediction":
-        reply["prediction"] = reply["label"]
-    return _reply(reply)
+def _seed_error(resp: Response) -> Response:
+    """An error with the seed page's ``status`` and ``message`` beside the one error body."""
+    body = resp.get_json()
+    body.update(status="error", message=body["error"]["message"])
+    resp.set_data(jsonify(body).get_data())
+    return resp
+
+
+def input_png(image: np.ndarray) -> str:
+    """A (28, 28) model input (0..1) as the base64 of a greyscale PNG."""
+    pixels = np.clip(np.asarray(image, dtype=np.float32).reshape(28, 28) * 255.0, 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(pixels.round().astype(np.uint8), mode="L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 @bp.post("/predict")
 def paper_predict() -> Response:
-    """The seed paper's predict: a base64 canvas PNG in ``image``."""
-    return _paper("predict")
+    """The seed page's predict: the canvas as a PNG data URL in ``data_url``."""
+    try:
+        fields = _paper_fields()
+    except protocol.ProtocolError as exc:
+        return error_response(exc.code, exc.message)
+    reply = _handle("predict", fields)
+    if reply.get("type") == "prediction":
+        recent = _ctx().recent.get(reply["id"])
+        reply["prediction"] = reply["label"]
+        reply["time"] = round(reply["ms"] / 1000.0, 6)
+        reply["image"] = input_png(recent.image) if recent is not None else None
+    return _reply(reply)
 
 
 @bp.post("/correct")
 def paper_correct() -> Response:
-    """The seed paper's correct: a base64 canvas PNG in ``image`` and its ``label``."""
-    return _paper("correct")
+    """The seed page's correct: ``data_url``, ``mode`` and ``true_label``."""
+    try:
+        fields = _paper_fields()
+    except protocol.ProtocolError as exc:
+        return _seed_error(error_response(exc.code, exc.message))
+    reply = _handle("correct", fields)
+    if reply.get("type") == protocol.ERROR_TYPE:
+        return _seed_error(_reply(reply))
+    reply.update(status="success", message=f"correction saved as {reply['label']}")
+    return _reply(reply)
+
+
+@bp.post("/stats")
+def paper_stats() -> Response:
+    """The seed page's stats: corrections stored per mode, as ``digits`` and ``chars``."""
+    try:
+        protocol.require_object(_json_body())
+    except protocol.ProtocolError as exc:
+        return _seed_error(error_response(exc.code, exc.message))
+    counts = correction_counts(_ctx())
+    return jsonify(
+        {
+            "status": "success",
+            "digits": counts.get("digit", 0),
+            "chars": counts.get("char", 0),
+            "corrections": counts,
+            "pending": pending_total(_ctx()),
+        }
+    )
 
 
 @bp.get("/healthz")

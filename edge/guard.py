@@ -27,7 +27,17 @@ from flask import Flask, Response, current_app, request
 from .config import EdgeConfig
 
 EXTENSION = "hwr_hosts"
-JSON_ROUTES = frozenset({"/api/predict", "/api/correct", "/predict", "/correct"})
+JSON_ROUTES = frozenset(
+    {
+        "/api/predict",
+        "/api/correct",
+        "/api/confirm",
+        "/api/withdraw",
+        "/predict",
+        "/correct",
+        "/stats",
+    }
+)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Bound addresses that mean "every interface": they name no host.
 WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})

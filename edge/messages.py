@@ -1,10 +1,19 @@
 """One function that answers every request of the wire, for HTTP and the WebSocket alike.
 
 ``handle_message(msg, ctx)`` takes a decoded message (``{"type": "predict" | "correct" |
-"health", "seq"?, ...}``) and returns the answer as a dict: ``{"type": "prediction" |
-"corrected" | "health", "seq", ...}`` or ``{"type": "error", "seq", "error": {code, message}}``.
-It never raises and never logs a drawing. Recent predictions are remembered (bounded, LRU) so
-a correction by prediction id stores the drawing exactly as it was predicted.
+"confirm" | "withdraw" | "health", "seq"?, ...}``) and returns the answer as a dict: ``{"type":
+"prediction" | "corrected" | "confirmed" | "withdrawn" | "health", "seq", ...}`` or ``{"type":
+"error", "seq", "error": {code, message}}``. It never raises and never logs a drawing. Recent
+predictions are remembered (bounded, LRU) so a correction by prediction id stores the drawing
+exactly as it was predicted.
+
+* ``correct`` stores a correction (the pupil's label differs from the guess, or not: it is
+  stored as they said); ``confirm`` stores the guess as right (a confirmation, ``kind
+  "confirmation"`` in the store, counted apart from corrections). Both take a prediction ``id``
+  or the drawing with a ``label``, and both answer once the sample is durable.
+* ``withdraw`` (``{"correction_id", "by": "pupil" | "teacher"}``) takes a stored correction or
+  confirmation back: the store keeps it as withdrawn (journalled, synced later), the
+  personaliser forgets it at once, and its prediction can be answered again.
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ from .personal import Personaliser
 log = logging.getLogger(__name__)
 
 TOP_K = 3
+CORRECTION = "correction"
+CONFIRMATION = "confirmation"
+WITHDRAWERS = ("pupil", "teacher")
 
 
 @dataclass
@@ -45,7 +57,8 @@ class Recent:
     confidence: float
     embedding: np.ndarray
     model_version: str
-    correction: tuple[str, str] | None = None  # (correction id, label) once corrected
+    # (sample id, label, kind) once corrected or confirmed; None again once withdrawn.
+    correction: tuple[str, str, str] | None = None
 
 
 def _compact(strokes: list | None) -> str | None:
@@ -78,6 +91,13 @@ class RecentPredictions:
             if item is not None:
                 self._items.move_to_end(pid)
             return item
+
+    def release(self, sample_id: str) -> None:
+        """The prediction answered by this sample can be answered again (it was withdrawn)."""
+        with self._lock:
+            for item in self._items.values():
+                if item.correction is not None and item.correction[0] == sample_id:
+                    item.correction = None
 
 
 @dataclass(frozen=True)
@@ -197,7 +217,11 @@ def _answer(msg: object, ctx: Context) -> dict[str, Any]:
         if kind == "predict":
             reply = _predict(body, ctx, t0)
         elif kind == "correct":
-            reply = _correct(body, ctx)
+            reply = _correct(body, ctx, CORRECTION)
+        elif kind == "confirm":
+            reply = _correct(body, ctx, CONFIRMATION)
+        elif kind == "withdraw":
+            reply = _withdraw(body, ctx)
         else:
             reply = health(ctx)
         return {"type": protocol.REQUEST_TYPES[kind], "seq": seq, **reply}
@@ -282,9 +306,13 @@ def _predict(body: dict[str, Any], ctx: Context, t0: float) -> dict[str, Any]:
     }
 
 
-def _correct(body: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    label = protocol.get_label(body)
+def _correct(body: dict[str, Any], ctx: Context, kind: str) -> dict[str, Any]:
+    """Store a correction or a confirmation of a prediction (by id) or of a drawing."""
     pid = protocol.get_prediction_id(body)
+    if kind == CONFIRMATION and pid is not None and body.get("label") is None:
+        label = None  # a confirmation by id confirms the guess as it was
+    else:
+        label = protocol.get_label(body)
     if pid is not None:
         if body.get("strokes") is not None or body.get("image") is not None:
             raise protocol.ProtocolError("send either a prediction id or a drawing, not both")
@@ -300,7 +328,12 @@ def _correct(body: dict[str, Any], ctx: Context) -> dict[str, Any]:
             )
         mode = recent.mode
         model = _served(ctx, mode).model
-        canon = _canonical_label(label, mode, model)
+        canon = recent.label if label is None else _canonical_label(label, mode, model)
+        if kind == CONFIRMATION and canon != recent.label:
+            raise protocol.ProtocolError(
+                f"the guess was {recent.label!r}, not {canon!r}: send a correction instead",
+                code="invalid_label",
+            )
     else:
         mode = protocol.get_mode(body)
         served = _served(ctx, mode)
@@ -318,26 +351,72 @@ def _correct(body: dict[str, Any], ctx: Context) -> dict[str, Any]:
             embedding=np.asarray(embedding, dtype=np.float32),
             model_version=model.manifest.version,
         )
-    correction_id = _store(ctx, recent, canon)
+    sample_id = _store(ctx, recent, canon, kind)
+    key = "confirmation_id" if kind == CONFIRMATION else "correction_id"
     return {
-        "correction_id": correction_id,
+        key: sample_id,
+        # A confirmation is withdrawn by the same message as a correction: it names its id too.
+        "correction_id": sample_id,
+        "kind": kind,
         "stored": True,
         "label": canon,
+        "mode": recent.mode,
         "pending": pending_total(ctx),
     }
 
 
-def _store(ctx: Context, recent: Recent, label: str) -> str:
+def _correction_id(body: dict[str, Any]) -> str:
+    cid = body.get("correction_id")
+    if not isinstance(cid, str) or not cid or len(cid) > protocol.MAX_ID_CHARS:
+        raise protocol.ProtocolError("correction_id must be the id of a stored correction")
+    return cid
+
+
+def _withdraw(body: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """Take a stored correction or confirmation back (kept in the store as withdrawn)."""
+    cid = _correction_id(body)
+    by = body.get("by", "pupil")
+    if by not in WITHDRAWERS:
+        raise protocol.ProtocolError(f"by must be one of {', '.join(WITHDRAWERS)}")
+    found = [mode for mode, store in ctx.stores.items() if store.get(cid) is not None]
+    if not found:
+        raise protocol.ProtocolError("no stored correction has this id", code="unknown_correction")
+    mode = found[0]
+    with ctx.write_locks[mode]:
+        if ctx.closing.is_set():
+            raise Unavailable("the server is shutting down; try again in a moment")
+        try:
+            ctx.stores[mode].withdraw(cid, by)
+        except (StoreError, OSError, RuntimeError) as exc:
+            log.error("withdrawing a %s correction failed: %s", mode, exc)
+            raise Unavailable("the correction could not be taken back; try again") from None
+        if ctx.sync is not None:
+            ctx.sync.wake()
+        served = _served(ctx, mode)
+    if served.personaliser is not None:
+        served.personaliser.remove(cid)  # the same drawing reads as the model says at once
+    ctx.recent.release(cid)
+    return {
+        "correction_id": cid,
+        "withdrawn": True,
+        "by": by,
+        "mode": mode,
+        "pending": pending_total(ctx),
+    }
+
+
+def _store(ctx: Context, recent: Recent, label: str, kind: str = CORRECTION) -> str:
     """Store a correction durably, then teach the personaliser; returns the correction's id."""
     with ctx.write_locks[recent.mode]:
         if ctx.closing.is_set():
             raise Unavailable("the server is shutting down; try again in a moment")
         if recent.correction is not None:
-            done_id, done_label = recent.correction
-            if done_label == label:
+            done_id, done_label, done_kind = recent.correction
+            if done_label == label and done_kind == kind:
                 return done_id  # a repeated request (a retry): already stored
+            said = "kept as right" if done_kind == CONFIRMATION else "corrected to"
             raise protocol.ProtocolError(
-                f"this prediction was already corrected to {done_label!r}",
+                f"this prediction was already {said} {done_label!r}",
                 code="already_corrected",
             )
         correction = Correction(
@@ -350,6 +429,7 @@ def _store(ctx: Context, recent: Recent, label: str) -> str:
             model_version=recent.model_version,
             created=time.time(),
             embedding=recent.embedding,
+            **({"kind": kind} if kind != CORRECTION else {}),
         )
         try:
             ctx.stores[recent.mode].add(correction)
@@ -363,7 +443,7 @@ def _store(ctx: Context, recent: Recent, label: str) -> str:
             # Everything was checked before; a refusal here is a bug, not the client's fault.
             log.error("the store refused a %s correction: %s", recent.mode, exc)
             raise Internal("the correction could not be stored; it was logged") from None
-        recent.correction = (correction.id, label)
+        recent.correction = (correction.id, label, kind)
         if ctx.sync is not None:
             ctx.sync.wake()  # send it now when the server is reachable (sets an event, no I/O)
         # Read under the writer's lock: a swap takes it too, and the new personaliser is given
@@ -376,11 +456,20 @@ def _store(ctx: Context, recent: Recent, label: str) -> str:
             if served.model.manifest.version != recent.model_version:
                 # Predicted by the model served before a swap: embed it by the one serving now.
                 embedding = served.model.classifier.predict(recent.image).embedding
-            personaliser.add(embedding, label)
+            personaliser.add(embedding, label, correction.id)
         except (HwrError, ValueError) as exc:
             # The correction is stored; only this session's personalisation misses it.
             log.error("personalisation could not take a %s correction: %s", recent.mode, exc)
     return correction.id
+
+
+def correction_counts(ctx: Context) -> dict[str, int]:
+    """Corrections stored per mode, confirmations and withdrawn ones left out."""
+    out = {}
+    for mode, store in ctx.stores.items():
+        stats = store.stats()
+        out[mode] = int(stats.get("corrections", stats.get("count", 0)))
+    return out
 
 
 def pending_total(ctx: Context) -> int:
@@ -424,6 +513,7 @@ __all__ = [
     "Recent",
     "Served",
     "RecentPredictions",
+    "correction_counts",
     "handle_message",
     "health",
     "pending_total",

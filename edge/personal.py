@@ -153,6 +153,7 @@ class Personaliser:
         self._dim: int | None = None
         self._emb = np.zeros((0, 0), dtype=np.float32)  # ring buffer, grown up to the cap
         self._lab = np.zeros(0, dtype=np.int32)
+        self._ids: list[str | None] = []  # the correction id of each row (None: not known)
         self._n = 0  # rows in use
         self._next = 0  # row the next correction goes to once the cap is reached
 
@@ -187,15 +188,20 @@ class Personaliser:
             emb[:have] = self._emb
             lab[:have] = self._lab
         self._emb, self._lab = emb, lab
+        self._ids.extend([None] * (size - len(self._ids)))
 
-    def _append(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+    def _append(
+        self, vectors: np.ndarray, labels: np.ndarray, ids: Sequence[str | None] | None = None
+    ) -> None:
         """Store normalised rows, overwriting the oldest once the cap is reached (lock held)."""
         cap = self.options.cap
-        vectors, labels = vectors[-cap:], labels[-cap:]
+        row_ids = list(ids) if ids is not None else [None] * len(vectors)
+        vectors, labels, row_ids = vectors[-cap:], labels[-cap:], row_ids[-cap:]
         self._reserve(self._n + len(vectors))
         take = min(cap - self._n, len(vectors))
         self._emb[self._n : self._n + take] = vectors[:take]
         self._lab[self._n : self._n + take] = labels[:take]
+        self._ids[self._n : self._n + take] = row_ids[:take]
         self._n += take
         rest = len(vectors) - take
         if rest:
@@ -203,18 +209,28 @@ class Personaliser:
             pos = (self._next + np.arange(rest)) % cap
             self._emb[pos] = vectors[take:]
             self._lab[pos] = labels[take:]
+            for p, i in zip(pos.tolist(), row_ids[take:], strict=True):
+                self._ids[p] = i
             self._next = int((self._next + rest) % cap)
 
-    def load(self, embeddings: np.ndarray, labels: Sequence[str]) -> None:
+    def load(
+        self,
+        embeddings: np.ndarray,
+        labels: Sequence[str],
+        ids: Sequence[str | None] | None = None,
+    ) -> None:
         """Replace the stored corrections with these (n, d) embeddings and their labels.
 
-        Labels the model does not know (from an older label set) are skipped with a warning.
+        ``ids`` (the corrections' ids) let :meth:`remove` take one out later. Labels the model
+        does not know (from an older label set) are skipped with a warning.
         """
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2:
             raise ValueError(f"embeddings must be (n, d), got shape {emb.shape}")
         if len(labels) != len(emb):
             raise ValueError(f"{len(emb)} embeddings but {len(labels)} labels")
+        if ids is not None and len(ids) != len(emb):
+            raise ValueError(f"{len(emb)} embeddings but {len(ids)} ids")
         keep = [i for i, lab in enumerate(labels) if lab in self._index]
         if len(keep) < len(labels):
             log.warning(
@@ -222,23 +238,42 @@ class Personaliser:
             )
         idx = np.array([self._index[labels[i]] for i in keep], dtype=np.int32)
         vectors = normalise_rows(emb[keep]) if keep else np.zeros((0, emb.shape[1]), np.float32)
+        kept_ids = [ids[i] for i in keep] if ids is not None else None
         with self._lock:
             self._dim = None
             self._emb = np.zeros((0, 0), dtype=np.float32)
             self._lab = np.zeros(0, dtype=np.int32)
+            self._ids = []
             self._n = self._next = 0
             if len(vectors):
                 self._check_dim(emb.shape[1])
-                self._append(vectors, idx)
+                self._append(vectors, idx, kept_ids)
 
-    def add(self, embedding: np.ndarray, label: str) -> None:
+    def add(self, embedding: np.ndarray, label: str, id: str | None = None) -> None:
         """Store one correction's embedding under its label (after it is stored on disk)."""
         vec = np.asarray(embedding, dtype=np.float32).reshape(-1)
         li = self._label_index(label)
         row = normalise_rows(vec[None, :])
         with self._lock:
             self._check_dim(vec.shape[0])
-            self._append(row, np.array([li], dtype=np.int32))
+            self._append(row, np.array([li], dtype=np.int32), [id])
+
+    def remove(self, id: str) -> bool:
+        """Forget the correction with this id at once (it was withdrawn); False if not held."""
+        with self._lock:
+            try:
+                row = self._ids.index(id, 0, self._n)
+            except ValueError:
+                return False
+            last = self._n - 1
+            # The last row takes the freed place: rows stay packed, and order never matters.
+            self._emb[row] = self._emb[last]
+            self._lab[row] = self._lab[last]
+            self._ids[row] = self._ids[last]
+            self._ids[last] = None
+            self._n = last
+            self._next = 0
+            return True
 
     def decide(self, probs: np.ndarray, embedding: np.ndarray) -> tuple[np.ndarray, str]:
         """Combined probabilities over ``labels``; "personal" if the vote changed the top class."""

@@ -18,7 +18,13 @@ from .labels import LABEL_SETS
 MODES: tuple[str, ...] = tuple(LABEL_SETS)  # 'digit', 'char'
 
 # Message types a client sends, and the type of the answer to each.
-REQUEST_TYPES = {"predict": "prediction", "correct": "corrected", "health": "health"}
+REQUEST_TYPES = {
+    "predict": "prediction",
+    "correct": "corrected",
+    "confirm": "confirmed",
+    "withdraw": "withdrawn",
+    "health": "health",
+}
 ERROR_TYPE = "error"
 
 # Every error code on the wire and its HTTP status (a WebSocket sends the code alone).
@@ -40,6 +46,7 @@ STATUS: dict[str, int] = {
     "forbidden_origin": 403,
     "not_found": 404,
     "unknown_prediction": 404,
+    "unknown_correction": 404,
     "method_not_allowed": 405,
     "already_corrected": 409,
     "timeout": 408,

@@ -179,3 +179,51 @@ def draw_with_touch(page, strokes: Strokes) -> None:
             cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
     finally:
         cdp.detach()
+
+
+def densify(strokes: Strokes, step: float = 4.0) -> list[list[list[float]]]:
+    """Strokes with points at most ``step`` canvas pixels apart, as a finger's moves come."""
+    out = []
+    for s in strokes:
+        points = [list(s[0])]
+        for (x0, y0), (x1, y1) in zip(s, s[1:], strict=False):
+            n = max(1, int(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 // step))
+            points += [[x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n] for k in range(1, n + 1)]
+        out.append(points)
+    return out
+
+
+def draw_timed(page, strokes: Strokes, interval_ms: float = 16.0) -> None:
+    """Draw with the mouse at a finger's pace: one move per ``interval_ms`` (60 Hz by default)."""
+    for stroke in to_screen(page, densify(strokes)):
+        page.mouse.move(*stroke[0])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(x, y)
+            page.wait_for_timeout(interval_ms)
+        page.mouse.up()
+
+
+def worker_pids(proc: subprocess.Popen) -> list[int]:
+    """The pids of a process's children (hwr-edge's gunicorn worker answers the requests)."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
+def dispatch_touch(page, points: Sequence[tuple[float, float]]) -> None:
+    """One finger along screen points (CSS pixels), through CDP touch events."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        x, y = points[0]
+        cdp.send(
+            "Input.dispatchTouchEvent",
+            {"type": "touchStart", "touchPoints": [{"x": x, "y": y, "id": 1}]},
+        )
+        for x, y in points[1:]:
+            cdp.send(
+                "Input.dispatchTouchEvent",
+                {"type": "touchMove", "touchPoints": [{"x": x, "y": y, "id": 1}]},
+            )
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    finally:
+        cdp.detach()

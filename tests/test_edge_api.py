@@ -169,11 +169,16 @@ def test_paper_endpoints_take_json_and_refuse_forms(client):
     corr = client.post("/correct", json={"image": png(SEVEN), "label": "7"})
     assert corr.status_code == 200 and corr.get_json()["stored"] is True
     assert_error(client.post("/predict", json={"mode": "digit"}), 400, "invalid_message")
-    assert_error(client.post("/correct", json={"image": png(SEVEN)}), 400, "invalid_label")
+    # /correct's errors carry the seed page's status and message beside the one error body.
+    refused = client.post("/correct", json={"image": png(SEVEN)})
+    assert refused.status_code == 400
+    assert refused.get_json()["error"]["code"] == "invalid_label"
+    assert refused.get_json()["status"] == "error" and refused.get_json()["message"]
     assert_error(client.post("/predict", json={"image": "!!"}), 400, "invalid_image")
     # A form is what any web site can make a browser send: refused.
     form = client.post("/correct", data={"image": png(SEVEN), "label": "7"})
-    assert_error(form, 415, "unsupported_media_type")
+    assert form.status_code == 415
+    assert form.get_json()["error"]["code"] == "unsupported_media_type"
     assert_error(
         client.post("/predict", data=b"[1]", content_type="application/json"),
         400,

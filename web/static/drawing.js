@@ -10,6 +10,11 @@ const MIN_STEP = 1.5;
 const INK = "#111827";
 const PAPER = "#ffffff";
 const LINE_WIDTH = 14;
+// Writing guide lines (letters): a top line, a dashed midline and a baseline, in logical pixels.
+// They are painted only: never part of the strokes, so they never reach the model.
+export const GUIDES = { top: 60, mid: 130, base: 200 };
+const GUIDE_COLOUR = "#93a3b8";
+const GUIDE_WIDTH = 1.5;
 
 const round1 = (v) => Math.round(v * 10) / 10;
 const clamp = (v) => Math.min(SIZE, Math.max(0, v));
@@ -25,6 +30,7 @@ export class DrawingPad {
     this.strokes = [];
     this.current = null;
     this.pointerId = null;
+    this.guides = false;
 
     canvas.addEventListener("pointerdown", (e) => this.#down(e));
     canvas.addEventListener("pointermove", (e) => this.#move(e));
@@ -69,6 +75,21 @@ export class DrawingPad {
     return this.strokes.filter((s) => s.length > 0).map((s) => s.map((p) => [p[0], p[1]]));
   }
 
+  /** Show or hide the writing guide lines (display only). */
+  setGuides(on) {
+    if (this.guides === Boolean(on)) return;
+    this.guides = Boolean(on);
+    this.canvas.dataset.guides = String(this.guides);
+    this.redraw();
+  }
+
+  /** Put strokes back on the pad (after a saved answer is taken back). */
+  restore(strokes) {
+    this.#endStroke(false);
+    this.strokes = strokes.map((s) => s.map((p) => [p[0], p[1]]));
+    this.redraw();
+  }
+
   /** Remove the last stroke; returns whether anything was removed. */
   undo() {
     if (this.drawing || this.strokes.length === 0) return false;
@@ -93,6 +114,7 @@ export class DrawingPad {
     ctx.fillStyle = PAPER;
     ctx.fillRect(0, 0, canvas.width, canvas.height);
     ctx.setTransform(canvas.width / SIZE, 0, 0, canvas.height / SIZE, 0, 0);
+    if (this.guides) this.#paintGuides();
     ctx.lineCap = "round";
     ctx.lineJoin = "round";
     ctx.lineWidth = LINE_WIDTH;
@@ -100,6 +122,26 @@ export class DrawingPad {
     ctx.fillStyle = INK;
     for (const stroke of this.strokes) this.#paint(stroke, 0);
     this.canvas.dataset.strokes = String(this.strokes.length);
+  }
+
+  #paintGuides() {
+    const { ctx } = this;
+    ctx.save();
+    ctx.strokeStyle = GUIDE_COLOUR;
+    ctx.lineWidth = GUIDE_WIDTH;
+    ctx.lineCap = "butt";
+    for (const [y, dash] of [
+      [GUIDES.top, []],
+      [GUIDES.mid, [8, 6]],
+      [GUIDES.base, []],
+    ]) {
+      ctx.setLineDash(dash);
+      ctx.beginPath();
+      ctx.moveTo(8, y);
+      ctx.lineTo(SIZE - 8, y);
+      ctx.stroke();
+    }
+    ctx.restore();
   }
 
   #paint(stroke, from) {
@@ -143,11 +185,32 @@ export class DrawingPad {
     );
   }
 
-  #point(e) {
+  /** The pointer's position in logical pixels, unclamped. */
+  #raw(e) {
     const r = this.canvas.getBoundingClientRect();
-    const x = ((e.clientX - r.left) * SIZE) / (r.width || 1);
-    const y = ((e.clientY - r.top) * SIZE) / (r.height || 1);
+    return [((e.clientX - r.left) * SIZE) / (r.width || 1), ((e.clientY - r.top) * SIZE) / (r.height || 1)];
+  }
+
+  #point(e) {
+    const [x, y] = this.#raw(e);
     return [round1(clamp(x)), round1(clamp(y))];
+  }
+
+  /** Where the segment from the last kept point towards an outside point crosses the edge. */
+  #edgePoint(outside) {
+    const s = this.current;
+    const [x0, y0] = s[s.length - 1];
+    const [x1, y1] = outside;
+    let t = 1;
+    for (const [a, b] of [
+      [x0, x1],
+      [y0, y1],
+    ]) {
+      if (b < 0) t = Math.min(t, a / (a - b));
+      else if (b > SIZE) t = Math.min(t, (SIZE - a) / (b - a));
+    }
+    t = Math.max(0, Math.min(1, t));
+    return [round1(clamp(x0 + (x1 - x0) * t)), round1(clamp(y0 + (y1 - y0) * t))];
   }
 
   #add(p, force) {
@@ -189,11 +252,24 @@ export class DrawingPad {
     const coalesced = typeof e.getCoalescedEvents === "function" ? e.getCoalescedEvents() : [];
     const from = this.current.length;
     let added = false;
-    for (const ev of coalesced.length ? coalesced : [e]) added = this.#add(this.#point(ev), false) || added;
-    if (added) {
-      this.#paint(this.current, from);
-      this.handlers.onStrokeMove?.();
+    let left = false;
+    for (const ev of coalesced.length ? coalesced : [e]) {
+      const [x, y] = this.#raw(ev);
+      if (x < 0 || y < 0 || x > SIZE || y > SIZE) {
+        // A finger sliding off the pad ends the stroke where it crossed the edge, instead of
+        // drawing along the border.
+        this.#add(this.#edgePoint([x, y]), true);
+        left = true;
+        break;
+      }
+      added = this.#add([round1(x), round1(y)], false) || added;
     }
+    if (added || left) this.#paint(this.current, from);
+    if (left) {
+      this.#endStroke();
+      return;
+    }
+    if (added) this.handlers.onStrokeMove?.();
     if (this.pointCount() >= MAX_POINTS) {
       this.#endStroke();
       this.handlers.onFull?.();
@@ -203,8 +279,11 @@ export class DrawingPad {
   #up(e) {
     if (e.pointerId !== this.pointerId || !this.current) return;
     if (e.type === "pointerup") {
+      const [x, y] = this.#raw(e);
+      const inside = x >= 0 && y >= 0 && x <= SIZE && y <= SIZE;
       const from = this.current.length;
-      if (this.#add(this.#point(e), true)) this.#paint(this.current, from);
+      const p = inside ? [round1(x), round1(y)] : this.#edgePoint([x, y]);
+      if (this.#add(p, true)) this.#paint(this.current, from);
     }
     this.#endStroke();
   }
