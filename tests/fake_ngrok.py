@@ -9,6 +9,7 @@ Behaviour is chosen by environment variables (the agent inherits its parent's en
   FAKE_NGROK_MODE    ok (default) | offline | hang | slow | bad-token | reject
   FAKE_NGROK_DELAY   seconds before the session lines in ``slow`` mode (default 1)
   FAKE_NGROK_RECORD  a file that gets one JSON line per start and per API request
+  FAKE_NGROK_DOMAIN  the domain of the public URLs it makes (default ngrok-free.app)
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 VERSION = "3.22.1"
+# The public URLs' domain (a browser test needs one that is not on the HSTS preload list).
+DOMAIN = os.environ.get("FAKE_NGROK_DOMAIN", "ngrok-free.app")
 # Fields ngrok's agent accepts in a v3 endpoint definition; anything else is a 400 as in ngrok.
 ENDPOINT_FIELDS = {
     "name",
@@ -145,7 +148,7 @@ def make_handler(agent: Agent, mode: str) -> type[BaseHTTPRequestHandler]:
             data = {
                 "name": name,
                 "uri": f"/api/endpoints/{name}",
-                "url": f"https://{secrets.token_hex(6)}.ngrok-free.app",
+                "url": f"https://{secrets.token_hex(6)}.{DOMAIN}",
                 "upstream": body.get("upstream", {}),
                 "traffic_policy": body.get("traffic_policy"),
                 "metrics": {},
