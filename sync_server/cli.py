@@ -30,6 +30,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,34 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             proc.wait(5)
 
 
+class WorkerSupervisor:
+    """Keeps one ``hwr-sync-server worker`` running beside the server (restarted if it dies)."""
+
+    RESTART_S = 1.0
+
+    def __init__(self, config: SyncConfig, config_file: Path | None):
+        self.config = config
+        self.config_file = config_file
+        self.pid = os.getpid()  # the server's master: only it supervises
+        self._stop = threading.Event()
+        self.proc = start_worker(config, config_file)
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.RESTART_S):
+            if os.getpid() != self.pid:
+                return
+            if self.proc.poll() is not None and not self._stop.is_set():
+                log.warning("the job worker exited (%s); starting another", self.proc.returncode)
+                self.proc = start_worker(self.config, self.config_file)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        stop_worker(self.proc)
+
+
 def serve(config: SyncConfig, config_file: Path | None = None) -> int:
     """Migrate, make the key, import the shipped models, bind, print the URL, serve until stopped."""
     if config.tunnel:
@@ -192,14 +221,14 @@ def serve(config: SyncConfig, config_file: Path | None = None) -> int:
     else:
         no_tunnel(config)
     server = SyncServer(config, sock.detach())
-    worker = start_worker(config, config_file) if config.start_worker else None
+    worker = WorkerSupervisor(config, config_file) if config.start_worker else None
     try:
         server.run()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     finally:
-        if worker is not None:
-            stop_worker(worker)
+        if worker is not None and os.getpid() == worker.pid:  # gunicorn's workers unwind here too
+            worker.stop()
         if tunnel is not None and os.getpid() == master:  # a worker unwinds through here too
             tunnel.close()  # the ngrok agent with it
     return 0
