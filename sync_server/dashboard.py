@@ -323,6 +323,9 @@ def models() -> str:
     charts: dict[str, Markup] = {}
     matrices: dict[tuple[str, str], Markup] = {}
     for name, vs in by_name.items():
+        recall_of = {v["version"]: v["per_class_recall"] for v in vs}
+        for v in vs:  # shaded against its parent, as the gate compares them
+            v["parent_recall"] = recall_of.get(v["parent"] or "", {})
         oldest_first = list(reversed(vs))
         charts[name] = plots.dots(
             [(v["version"], v["accuracy"]) for v in oldest_first], f"{name}: test accuracy"
@@ -341,10 +344,6 @@ def models() -> str:
         charts=charts,
         matrices=matrices,
         labels={name: _labels_of(vs) for name, vs in by_name.items()},
-        baseline={
-            name: next((v["per_class_recall"] for v in vs if v["current"]), {})
-            for name, vs in by_name.items()
-        },
         releases=stats.release_history(st.engine),
         rollout_available=learning.can_rollout(st),
         groups=groups,

@@ -99,7 +99,7 @@ def admin_rules(app) -> list[tuple[str, str]]:
 
 def test_every_admin_route_is_refused_without_a_session(app, client):
     rules = admin_rules(app)
-    assert len(rules) >= 12  # pages, data routes and actions
+    assert len(rules) == 13  # as tests/test_dashboard_browser.py's ROUTES lists them
     for method, path in rules:
         r = client.open(path, method=method)
         if method == "GET" and not path.endswith((".json", ".png")):
@@ -467,3 +467,76 @@ def test_plots_are_well_formed_svg_with_escaped_labels():
         assert "<script>" not in str(svg)
     titles = [t.text for t in ET.fromstring(str(svgs[4])).iter("{http://www.w3.org/2000/svg}title")]
     assert "true 0, predicted <script>&: 1 (10.0%)" in titles
+
+
+def test_models_page_shows_a_retrained_versions_figures_side_by_side(app, client, tmp_path: Path):
+    registry = app.extensions["hwr_sync"].registry
+    matrix = [[0] * 10 for _ in range(10)]
+    for i in range(10):
+        matrix[i][i] = 95
+    matrix[4][9] = 5  # a 4 read as 9
+    recall = {str(i): 0.95 for i in range(10)}
+    recall["9"] = 0.90  # five points under 1.2.0's 99.2%: shown red
+    gate = {
+        "passed": False,
+        "reason": "class 9's recall fell by 9.2 points",
+        "checks": [
+            {"check": "base accuracy", "passed": True, "value": 0.995, "limit": 0.9943},
+            {"check": "recall of 9", "passed": False, "detail": "fell 9.2 points (limit 3)"},
+        ],
+    }
+    registry.publish(
+        new_version(tmp_path / "m", "1.4.0"),
+        by="job 1",
+        metrics={
+            "base": {
+                "accuracy": 0.9950,
+                "per_class_recall": recall,
+                "confusion_matrix": matrix,
+                "n": 1000,
+                "measured_on": "MNIST test, first 1,000",
+            },
+            "heldout": {"accuracy": 0.9, "n": 40},
+        },
+        gate=gate,
+        snapshot="ab" * 32,
+        job_id=1,
+    )
+    signed_in(client)
+    page = client.get("/admin/models").text
+    table = re.search(r'data-model="digits">(.*?)</table>', page, re.S).group(1)
+    assert "99.50%" in table and "99.63%" in table  # both versions, side by side
+    assert "90.00%" in table and "of 40" in table  # held-out corrections
+    assert "refused" in table and "class 9&#39;s recall fell by 9.2 points" in table
+    assert "recall of 9: fell 9.2 points (limit 3)" in table
+    assert "base accuracy: 0.995 (limit 0.9943)" in table
+    assert re.search(
+        r'data-label="9"><th scope="row">9</th>\s*<td class="num" data-kind="bad">90\.0%', table
+    )
+    assert "snapshot <code" in table and "job 1" in table
+    section = re.search(r'id="model-digits">(.*?)</section>', page, re.S).group(1)
+    assert "1.4.0: confusion matrix" in section and "true 4, predicted 9: 5 (5.0%)" in section
+
+
+def test_roll_out_to_a_group_reaches_only_its_devices(app, client, tmp_path: Path):
+    in_group = device_headers(app, "room-1", group="year-3")
+    other = device_headers(app, "room-2")
+    registry = app.extensions["hwr_sync"].registry
+    registry.publish(new_version(tmp_path / "m", "1.3.0"), by="t")
+    registry.rollback("digits", "1.2.0", by="t")
+    token = signed_in(client)
+    r = client.post(
+        "/admin/models/rollout",
+        data={"csrf_token": token, "name": "digits", "version": "1.3.0", "group": "year-3"},
+    )
+    assert r.status_code == 303
+    assert "released to the devices of group year-3" in client.get("/admin/models").text
+    assert models_as_device(client, in_group)["digit"] == "1.3.0"
+    assert models_as_device(client, other)["digit"] == "1.2.0"
+    client.post(
+        "/admin/models/rollout",
+        data={"csrf_token": token, "name": "digits", "version": "1.3.0", "group": ""},
+    )
+    assert models_as_device(client, other)["digit"] == "1.3.0"
+    page = client.get("/admin/").text
+    assert re.search(r'data-device="room-1">.*?year-3', page, re.S)

@@ -351,3 +351,33 @@ def test_a_form_post_without_its_csrf_token_is_refused(page, school):
     r = p.request.post(school.url + "/admin/signout", form={"csrf_token": token + "x"})
     assert r.status == 403
     assert p.request.get(school.url + "/admin/jobs.json").status == 200  # still signed in
+
+
+# Every route of the dashboard but sign-in and its static files (test_dashboard.py checks the
+# URL map has exactly these 13).
+ROUTES = [
+    ("GET", "/admin/"),
+    ("GET", "/admin/corrections"),
+    ("GET", "/admin/quarantine"),
+    ("GET", "/admin/models"),
+    ("GET", "/admin/jobs"),
+    ("GET", "/admin/jobs.json"),
+    ("GET", "/admin/drawings/00000000-0000-4000-8000-000000000000.png"),
+    ("POST", "/admin/signout"),
+    ("POST", "/admin/quarantine/decide"),
+    ("POST", "/admin/models/publish"),
+    ("POST", "/admin/models/rollout"),
+    ("POST", "/admin/models/rollback"),
+    ("POST", "/admin/jobs/retrain"),
+]
+
+
+def test_every_admin_route_of_the_real_server_is_refused_without_a_session(school):
+    for method, path in ROUTES:
+        r = requests.request(method, school.url + path, allow_redirects=False, timeout=10)
+        if method == "GET" and not path.endswith((".json", ".png")):
+            assert r.status_code == 303 and "/admin/signin" in r.headers["Location"], path
+        else:
+            assert r.status_code == 401, (method, path, r.status_code)
+            assert r.json()["error"]["code"] == "unauthorized"
+        assert r.headers["X-Frame-Options"] == "DENY"
