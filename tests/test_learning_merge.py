@@ -172,6 +172,12 @@ def test_confident_disagreement_with_model_and_neighbours_quarantines_and_device
     # a style the model misreads, corrected alike on three devices: learnt, not quarantined
     v = assess([1, 2, 3], ["f", "f", "f"], list("abc"), ["F"] * 3, [0.99] * 3, e[:3], pol)
     assert [x.status for x in v] == ["accepted"] * 3 and v[0].support_devices == 3
+    # a mixed neighbourhood: four devices say 3, three say 5; the 5s are lifted, a lone 8 is not
+    e8 = np.tile(np.eye(1, 8, dtype=np.float32), (8, 1))
+    mixed = ["3", "3", "3", "3", "5", "5", "5", "8"]
+    v = assess(list(range(8)), mixed, list("abcdefgh"), ["3"] * 8, [0.99] * 8, e8, pol)
+    assert [x.status for x in v[4:7]] == ["accepted"] * 3 and v[4].neighbour_label == "3"
+    assert v[4].support_devices == 3 and v[7].status == "quarantined"
     # ...but one device alone, however often, lifts nothing: its own drawings are no neighbours
     v = assess([1, 1, 1], ["f", "f", "f"], list("abc"), ["F"] * 3, [0.99] * 3, e[:3], pol)
     assert [x.status for x in v] == ["quarantined"] * 3 and v[0].support_devices == 1
