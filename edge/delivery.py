@@ -476,7 +476,9 @@ class ModelUpdater:
         if (model.manifest.name, model.manifest.version) != (release.name, release.version):
             raise InstallError("the installed manifest names another model", code="load_failed")
         store = self.ctx.stores.get(mode)
-        images = [c.image for c in store.newest(PROBE_CORRECTIONS)] if store is not None else []
+        images = (
+            [c.image for c in store.newest_vectors(PROBE_CORRECTIONS)] if store is not None else []
+        )
         probe(model, images)
         embedded = personaliser_for(model, store, self.cap) if store is not None else None
         if embedded is not None:
@@ -487,10 +489,10 @@ class ModelUpdater:
             if self.ctx.closing.is_set():
                 raise DeliveryError("the edge is shutting down")
             if embedded is not None and store is not None:
-                for c in store.newest(self.cap):
+                for c in store.newest_vectors(self.cap):
                     if c.id not in embedded.ids:
                         emb = model.classifier.predict(c.image).embedding
-                        embedded.personaliser.add(emb, c.label)
+                        embedded.personaliser.add(emb, c.label, c.id)
             old = self.ctx.swap(mode, Served(model, embedded.personaliser if embedded else None))
         self._since[mode] = time.time()
         was = old.model if old is not None else None

@@ -92,7 +92,7 @@ def personaliser_for(model: LoadedModel, store: CorrectionStore, cap: int) -> Em
     p = Personaliser(model.labels, cap=cap)
     version = model.manifest.version
     dim = int(model.manifest.outputs["embedding"].shape[-1])
-    rows = store.newest(cap)
+    rows = store.newest_vectors(cap)  # standing corrections only; no strokes are read
     vectors: list[np.ndarray] = []
     redone: dict[str, np.ndarray] = {}
     for c in rows:
@@ -101,7 +101,7 @@ def personaliser_for(model: LoadedModel, store: CorrectionStore, cap: int) -> Em
             emb = redone[c.id] = model.classifier.predict(c.image).embedding
         vectors.append(np.asarray(emb, dtype=np.float32).reshape(dim))
     if vectors:
-        p.load(np.stack(vectors), [c.label for c in rows])
+        p.load(np.stack(vectors), [c.label for c in rows], [c.id for c in rows])
     return Embedded(p, frozenset(c.id for c in rows), redone)
 
 

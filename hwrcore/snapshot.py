@@ -227,6 +227,7 @@ class Snapshot:
     schema: int
     bad: list[tuple[int, int | None, int | None]]
     unverified: int  # rows of a schema-1 file, which has no row checksums
+    source: SnapshotSource | None  # the open file the rows' strokes are read from
 
 
 class SchemaTooNew(ValueError):
@@ -242,22 +243,31 @@ class SnapshotSource:
 
     def __init__(self, path: Path):
         self.path = path
-        self._file: h5py.File | None = None
+        # Opened now, through a Python file object: the store may rename the file (to .bak or
+        # .corrupt) while rows point here, and HDF5's own open-file checks do not see it, so
+        # h5py opens of the same path elsewhere in the process are not refused.
+        self._fileobj = open(path, "rb")  # noqa: SIM115 - closed by close()
+        try:
+            self._file: h5py.File | None = h5py.File(self._fileobj, "r", locking=False)
+        except BaseException:
+            self._fileobj.close()
+            raise
 
     def read(self, keys: Sequence[int]) -> list[str]:
         """The strokes text of these row indices (any order, repeats allowed)."""
         if self._file is None:
-            self._file = h5py.File(self.path, "r", locking=False)
+            raise ValueError(f"the snapshot {self.path.name} was closed")
         order = sorted(set(keys))
         values = self._file["strokes"].asstr()[order] if order else []
         got = dict(zip(order, (str(v) for v in values), strict=True))
         return [got[k] for k in keys]
 
     def close(self) -> None:
-        """Close the file (reading again opens it again)."""
+        """Close the file."""
         if self._file is not None:
             self._file.close()
             self._file = None
+            self._fileobj.close()
 
 
 def _block(f: h5py.File, name: str, a: int, b: int, schema: int, default: Any) -> Any:
@@ -280,7 +290,6 @@ def read_snapshot(path: Path) -> Snapshot:
     newer schema. A row whose data cannot be read or fails its checksum is not returned:
     it is listed in ``bad``.
     """
-    source = SnapshotSource(path)
     with h5py.File(path, "r", locking=False) as f:
         attrs = {k: _plain(v) for k, v in f.attrs.items()}
         if attrs.get("kind") != KIND:
@@ -302,29 +311,47 @@ def read_snapshot(path: Path) -> Snapshot:
             raise ValueError(f"{path.name}: datasets disagree in length or shape")
         rows: list[Row] = []
         bad: list[tuple[int, int | None, int | None]] = []
-        for a in range(0, n, BLOCK):
-            b = min(n, a + BLOCK)
-            got, stored = _read_block(f, a, b, version)
-            for i in range(a, b):
-                item = got.get(i)
-                want = None if stored is None else int(stored[i - a])
-                if item is None:
-                    bad.append((i, want, None))
-                    continue
-                row, strokes = item
-                row = _with_source(row, source, i)
-                if version < 2:
-                    rows.append(row)
-                    continue
-                have = row_crc(row, strokes)
-                if have == want:
-                    rows.append(row)
-                else:
-                    bad.append((i, want, have))
-    return Snapshot(rows, seq, version, bad, n if version < 2 else 0)
+        source = SnapshotSource(path) if n else None
+        try:
+            _verify(f, n, version, source, rows, bad)
+        except BaseException:
+            if source is not None:
+                source.close()
+            raise
+    return Snapshot(rows, seq, version, bad, n if version < 2 else 0, source)
 
 
-def _with_source(row: Row, source: SnapshotSource, i: int) -> Row:
+def _verify(
+    f: h5py.File,
+    n: int,
+    version: int,
+    source: SnapshotSource | None,
+    rows: list[Row],
+    bad: list[tuple[int, int | None, int | None]],
+) -> None:
+    """Read the rows a block at a time; the good ones go to ``rows``, the others to ``bad``."""
+    for a in range(0, n, BLOCK):
+        b = min(n, a + BLOCK)
+        got, stored = _read_block(f, a, b, version)
+        for i in range(a, b):
+            item = got.get(i)
+            want = None if stored is None else int(stored[i - a])
+            if item is None:
+                bad.append((i, want, None))
+                continue
+            row, strokes = item
+            row = _with_source(row, source, i)
+            if version < 2:
+                rows.append(row)
+                continue
+            have = row_crc(row, strokes)
+            if have == want:
+                rows.append(row)
+            else:
+                bad.append((i, want, have))
+
+
+def _with_source(row: Row, source: SnapshotSource | None, i: int) -> Row:
     return replace(row, at=(source, i))
 
 

@@ -608,7 +608,7 @@ def _repair(
             if old.seq <= snap_seq:
                 state = {r.id: r for r in old.rows}
                 seq = old.seq
-                sources.append(old.rows[0].at[0] if old.rows else None)
+                sources.append(old.source)
     index: dict[int, tuple[Any, int]] = {}
     _index_journal(_sibling(path, ".journal.old"), index, sources)
     _replay(state, index, seq, snap_seq, path.name)
@@ -639,8 +639,7 @@ def recover(path: str | Path) -> Recovery:
             error = error or f"{candidate.name}: {e}"
             continue
         seq, source, unverified = snap.seq, name, snap.unverified
-        if snap.rows:
-            sources.append(snap.rows[0].at[0])
+        sources.append(snap.source)
         by_index = {r.at[1]: r for r in snap.rows}
         if snap.bad and name == "snapshot":
             fixed = _repair(path, snap.seq, snap.bad, set(r.id for r in snap.rows), sources)

@@ -625,7 +625,9 @@ def test_stats_report_counts_sizes_and_recovery(path: Path) -> None:
     assert (s["count"], s["pending"], s["cap"], s["path"]) == (3, 2, 10, str(path))
     assert s["bytes"] >= s["snapshot_bytes"] + s["journal_bytes"] > 0
     assert s["journal_records"] == 4 and s["recovered"]["source"] == "new"
-    assert recover(path).seq == 4
+    rec = recover(path)
+    rec.close()
+    assert rec.seq == 4
 
 
 def test_a_failed_compaction_loses_nothing_and_is_retried(
