@@ -342,6 +342,11 @@ def _correct(body: dict[str, Any], ctx: Context, kind: str) -> dict[str, Any]:
         image, strokes = _drawing_input(body, model)
         probs, embedding, _ = _classify(served, image)
         best = int(np.argmax(probs))
+        if kind == CONFIRMATION and model.labels[best] != canon:
+            raise protocol.ProtocolError(
+                f"this drawing now reads {model.labels[best]!r}, not {canon!r}: answer it again",
+                code="invalid_label",
+            )
         recent = Recent(
             mode=mode,
             image=image,
@@ -378,7 +383,7 @@ def _withdraw(body: dict[str, Any], ctx: Context) -> dict[str, Any]:
     by = body.get("by", "pupil")
     if by not in WITHDRAWERS:
         raise protocol.ProtocolError(f"by must be one of {', '.join(WITHDRAWERS)}")
-    found = [mode for mode, store in ctx.stores.items() if store.get(cid) is not None]
+    found = [mode for mode, store in ctx.stores.items() if cid in store]
     if not found:
         raise protocol.ProtocolError("no stored correction has this id", code="unknown_correction")
     mode = found[0]
@@ -386,11 +391,11 @@ def _withdraw(body: dict[str, Any], ctx: Context) -> dict[str, Any]:
         if ctx.closing.is_set():
             raise Unavailable("the server is shutting down; try again in a moment")
         try:
-            ctx.stores[mode].withdraw(cid, by)
+            changed = ctx.stores[mode].withdraw(cid, by)  # False: withdrawn before (a retry)
         except (StoreError, OSError, RuntimeError) as exc:
             log.error("withdrawing a %s correction failed: %s", mode, exc)
             raise Unavailable("the correction could not be taken back; try again") from None
-        if ctx.sync is not None:
+        if changed and ctx.sync is not None:
             ctx.sync.wake()
         served = _served(ctx, mode)
     if served.personaliser is not None:
@@ -429,7 +434,7 @@ def _store(ctx: Context, recent: Recent, label: str, kind: str = CORRECTION) -> 
             model_version=recent.model_version,
             created=time.time(),
             embedding=recent.embedding,
-            **({"kind": kind} if kind != CORRECTION else {}),
+            kind=kind,
         )
         try:
             ctx.stores[recent.mode].add(correction)
@@ -450,7 +455,8 @@ def _store(ctx: Context, recent: Recent, label: str, kind: str = CORRECTION) -> 
         # every correction stored before it, so each correction reaches exactly one of them.
         served = _served(ctx, recent.mode)
     personaliser = served.personaliser
-    if personaliser is not None:
+    # A confirmation only says what the model already says: it does not personalise.
+    if personaliser is not None and kind == CORRECTION:
         try:
             embedding = recent.embedding
             if served.model.manifest.version != recent.model_version:
