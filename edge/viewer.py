@@ -27,6 +27,9 @@ The socket's protocol, server to viewer (every message JSON with a ``type`` and 
   their ``seq`` is that of the last event that did. Every other event's ``seq`` is one more than
   the one before; a viewer that sees a gap sends ``{"type": "snapshot"}`` and waits for one.
 
+A frame holds one message, or a JSON array of messages to apply in order (a viewer gets at
+most one frame every ``FRAME_GAP_S`` seconds; what came meanwhile is sent together).
+
 Viewer to server: ``{"type": "snapshot"}`` and ``{"type": "ping"}`` only. Anything else (a
 predict, a correction, a health or any write) is answered ``read_only`` and does nothing: a
 viewer never reaches ``handle_message``, so it can neither draw, correct nor read the store.
@@ -79,6 +82,9 @@ COOKIE = "hwr_viewer"
 QUEUE_LIMIT = 256  # messages queued for one viewer before it is given a snapshot instead
 LIVE_LIMIT = 32  # queued messages past which live points are dropped for that viewer
 POLL_S = 0.25  # how often a viewer's socket looks for what the viewer sent
+# A viewer gets at most one frame per this many seconds; what came meanwhile goes in one frame,
+# so a fast pupil costs each viewer's thread a bounded number of sends a second.
+FRAME_GAP_S = 0.02
 MAX_VIEWER_MESSAGE = 4096
 MAX_TOKEN_CHARS = 500
 FAILS_ALLOWED = 10  # failed sign-ins in FAIL_WINDOW_S before sign-in is refused for a while
@@ -632,8 +638,10 @@ def serve_viewer(ws: Any, hub: ViewerHub, viewer: Viewer, auth: ViewerAuth, sid:
         if not auth.valid(sid):
             _close(ws, 4001, "signed out")
             return
-        for text in hub.next_batch(viewer, POLL_S):
-            ws.send(text)
+        batch = hub.next_batch(viewer, POLL_S)
+        if batch:
+            ws.send(batch[0] if len(batch) == 1 else "[" + ",".join(batch) + "]")
+            closing.wait(FRAME_GAP_S)  # what comes meanwhile goes in the next frame
         while True:
             data = ws.receive(timeout=0)
             if data is None:

@@ -1,6 +1,7 @@
 // The viewer: sign in with the device's viewer token, then watch its canvas live, read-only.
 // Protocol (edge/viewer.py): a snapshot first, then events whose seq grows by one ("points" keep
-// the seq of the last event: they may be thinned); on a gap the page asks for a snapshot.
+// the seq of the last event: they may be thinned); on a gap the page asks for a snapshot. A frame
+// holds one message or an array of them, in order.
 
 const SIZE = 280;
 const LINE_WIDTH = 14;
@@ -147,7 +148,7 @@ class ViewerPage {
       } catch {
         return;
       }
-      this.onMessage(msg);
+      for (const m of Array.isArray(msg) ? msg : [msg]) this.onMessage(m);
     });
     ws.addEventListener("close", (e) => this.onClose(ws, e));
   }
