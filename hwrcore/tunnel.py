@@ -232,11 +232,22 @@ def _resolve_ngrok_path(ngrok_path: str | os.PathLike | None) -> tuple[str, bool
     if env:
         return env, os.path.isfile(env)
     found = shutil.which("ngrok")
-    if found:
+    if found and not _is_pyngrok_script(found):
         return found, True
     from pyngrok import conf
 
     return conf.DEFAULT_NGROK_PATH, os.path.isfile(conf.DEFAULT_NGROK_PATH)
+
+
+def _is_pyngrok_script(path: str) -> bool:
+    """Whether ``path`` is pyngrok's own ``ngrok`` console script: it runs the agent as a child,
+    so killing it would leave the agent running."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"pyngrok" in head
 
 
 class Tunnel:

@@ -329,3 +329,18 @@ def test_the_sync_server_tunnel_is_refused_without_an_admin_token(tmp_path):
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith("hwr-sync-server: ngrok tunnel refused: the sync server's admin routes")
     assert agent.events() == []
+
+
+def test_pyngrok_s_own_ngrok_script_on_path_is_not_taken_for_the_agent(tmp_path, monkeypatch):
+    from hwrcore import tunnel
+
+    script = tmp_path / "ngrok"
+    script.write_text("#!/usr/bin/python3\nimport sys\nfrom pyngrok.ngrok import main\nmain()\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.delenv("PYNGROK_NGROK_PATH", raising=False)
+    path, _ = tunnel._resolve_ngrok_path(None)
+    assert path != str(script)  # it would run the agent as its child: killing it leaves the agent
+    agent = Agent(tmp_path / "agent")
+    monkeypatch.setenv("PATH", f"{agent.path.parent}:{os.environ['PATH']}")
+    assert tunnel._resolve_ngrok_path(None) == (str(agent.path), True)
