@@ -53,7 +53,7 @@ import numpy as np
 SCHEMA_VERSION = 2
 KIND = "hwr-corrections"
 IMAGE_SHAPE = (28, 28)
-BLOCK = 256  # rows read or written at a time, so neither holds every stroke in memory
+BLOCK = 64  # rows read or written at a time, so neither holds every stroke in memory
 _U32 = struct.Struct("<I")
 _NUMS = struct.Struct("<?d?d?d?d??")
 _TEXT = ("id", "label", "strokes", "predicted", "model_version", "embedding_version")

@@ -93,7 +93,7 @@ from .snapshot import (
 log = logging.getLogger(__name__)
 
 COMPACT_MIN_BYTES = 4 << 20  # journal bytes before the first compaction of a small store
-COMPACT_RATIO = 1.0  # compact when the journal reaches this multiple of the snapshot's size
+COMPACT_RATIO = 2.0  # compact when the journal reaches this multiple of the snapshot's size
 EVICTION_LOG_SECONDS = 60.0
 PENDING_LIMIT = 10_000  # pending corrections a store holds before it refuses new ones
 EMBEDDED_PER_RECORD = 1000
@@ -215,10 +215,15 @@ class Withdrawal:
 
 # -- strokes ---------------------------------------------------------------------------------
 def _rdp(pts: np.ndarray, tol: float) -> np.ndarray:
-    """Indices of the points Ramer-Douglas-Peucker keeps within ``tol`` (iterative)."""
+    """Indices of the points Ramer-Douglas-Peucker keeps within ``tol`` (iterative).
+
+    Long segments are measured with numpy, short ones (most of them, where a drawing is
+    jagged) in plain Python, which is faster there.
+    """
     n = len(pts)
     if n < 3:
         return np.arange(n)
+    xs, ys = pts[:, 0].tolist(), pts[:, 1].tolist()
     keep = np.zeros(n, dtype=bool)
     keep[0] = keep[-1] = True
     stack = [(0, n - 1)]
@@ -226,16 +231,25 @@ def _rdp(pts: np.ndarray, tol: float) -> np.ndarray:
         a, b = stack.pop()
         if b - a < 2:
             continue
-        d = pts[b] - pts[a]
-        seg = pts[a + 1 : b] - pts[a]
-        length = math.hypot(d[0], d[1])
-        if length > 0:
-            dist = np.abs(d[0] * seg[:, 1] - d[1] * seg[:, 0]) / length
+        ax, ay = xs[a], ys[a]
+        dx, dy = xs[b] - ax, ys[b] - ay
+        length = math.hypot(dx, dy)
+        if b - a > 48:
+            seg = pts[a + 1 : b] - pts[a]
+            if length > 0:
+                dist = np.abs(dx * seg[:, 1] - dy * seg[:, 0]) / length
+            else:
+                dist = np.hypot(seg[:, 0], seg[:, 1])
+            i = int(np.argmax(dist))
+            far, m = float(dist[i]), a + 1 + i
         else:
-            dist = np.hypot(seg[:, 0], seg[:, 1])
-        i = int(np.argmax(dist))
-        if dist[i] > tol:
-            m = a + 1 + i
+            far, m = -1.0, a
+            for j in range(a + 1, b):
+                px, py = xs[j] - ax, ys[j] - ay
+                d = abs(dx * py - dy * px) / length if length > 0 else math.hypot(px, py)
+                if d > far:
+                    far, m = d, j
+        if far > tol:
             keep[m] = True
             stack += [(a, m), (m, b)]
     return np.flatnonzero(keep)
@@ -887,6 +901,16 @@ class CorrectionStore:
             "rows_lost": rec.rows_lost,
             "unverified_rows": rec.unverified,
         }
+        # What /healthz shows as reasons for "degraded" (no paths): losses found at opening.
+        self._problems = []
+        if rec.lost_records:
+            self._problems.append(
+                f"the journal had lost {rec.lost_records} acknowledged records when it was opened"
+            )
+        if rec.rows_lost:
+            self._problems.append(
+                f"{rec.rows_lost} snapshot rows failed their checksum and could not be repaired"
+            )
         damaged = rec.skipped > 0 or rec.lost_records > 0 or rec.bad_rows > 0
         must_compact = rec.source != "snapshot" or damaged
         created = not self._journal.exists()
@@ -1337,6 +1361,7 @@ class CorrectionStore:
                 "seq": self._seq,
                 "evicted": {"synced": self._evicted, "pending": 0},
                 "recovered": dict(self._recovery),
+                "problems": list(self._problems),
                 "last_compaction": self._last_compaction,
                 "compaction_failures": self._compaction_failures,
                 "closed": self._closed,

@@ -164,6 +164,7 @@ def test_truncating_the_journal_to_half_is_reported_as_loss(
             assert len(store) == 1 + len(kept)
             assert rec["lost_records"] == 46 - len(kept) == 23
             assert rec["journal"] == "damaged"
+            assert "lost 23 acknowledged records" in store.stats()["problems"][0]
             store.add(make(1))  # sequence numbers go on past the lost ones
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("23 acknowledged records are lost" in m for m in errors), errors
