@@ -107,3 +107,23 @@ def test_confirm_and_withdraw_refuse_what_they_cannot_do(client):
         "/api/confirm", json={"mode": "digit", "strokes": SEVEN, "label": shown["label"]}
     )
     assert by_drawing.status_code == 200 and by_drawing.get_json()["kind"] == "confirmation"
+
+
+def test_personaliser_remove_forgets_one_correction_by_id():
+    import numpy as np
+
+    from edge.personal import Personaliser
+
+    p = Personaliser(["0", "1", "2"], cap=3)
+    e = np.eye(4, dtype=np.float32)
+    p.load(e[:2], ["1", "2"], ["a", "b"])
+    p.add(e[2], "1", "c")
+    probs = np.array([0.9, 0.05, 0.05], dtype=np.float32)
+    assert p.decide(probs, e[1])[1] == "personal"
+    assert p.remove("b") is True and len(p) == 2
+    assert p.remove("b") is False and p.remove("unknown") is False
+    out, source = p.decide(probs, e[1])
+    assert source == "model" and out.tolist() == pytest.approx(probs.tolist())
+    assert p.decide(probs, e[2])[1] == "personal"  # the others stay
+    p.add(e[3], "2", "d")  # room again under the cap
+    assert len(p) == 3 and p.remove("a") and p.decide(probs, e[0])[1] == "model"
