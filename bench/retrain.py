@@ -5,8 +5,9 @@ shipped model was not trained on; the job runs with the server's default setting
 300 replayed base images per class, the whole base test split) in this process, exactly as
 the worker runs it, and the time of each stage is printed.
 
-* digits: USPS training digits (another writer population: US postal codes), each rescaled to
-  the MNIST convention through hwrcore.preprocess, labelled with their true digit;
+* digits: USPS digits (another writer population: US postal codes), each rescaled to the MNIST
+  convention through hwrcore.preprocess, labelled with their true digit: every USPS digit the
+  shipped model misreads, and others it reads right, up to ``--corrections``;
 * characters: lower-case ``f`` from the EMNIST letters training split (the class the shipped
   model misreads as ``F``) and other letters from the same split, with their true labels.
 
@@ -42,15 +43,20 @@ def school_images(task: str, data_dir: Path, n: int, seed: int) -> tuple[np.ndar
     if task == "digits":
         import h5py
 
+        from edge.classifier import Classifier
         from hwrcore.preprocess import image_to_input
 
         with h5py.File(data_dir / "usps" / "usps.h5", "r") as f:
-            x, y = f["train"]["data"][()], f["train"]["target"][()]
-        pick = rng.choice(len(y), n, replace=False)
-        imgs = np.stack(
-            [image_to_input(x[i].reshape(16, 16).astype(np.float32), "mnist") for i in pick]
-        )
-        return imgs.astype(np.float32), [str(int(y[i])) for i in pick]
+            x = np.concatenate([f["train"]["data"][()], f["test"]["data"][()]])
+            y = np.concatenate([f["train"]["target"][()], f["test"]["target"][()]])
+        imgs = np.stack([image_to_input(a.reshape(16, 16).astype(np.float32), "mnist") for a in x])
+        probs, _ = Classifier(ROOT / "models_export" / "digits.json").predict_batch(imgs)
+        wrong = np.flatnonzero(probs.argmax(1) != y)  # the drawings a school would correct
+        right = rng.choice(np.setdiff1d(np.arange(len(y)), wrong), n - len(wrong), replace=False)
+        pick = np.concatenate([wrong, right])
+        rng.shuffle(pick)
+        print(f"USPS: the shipped model misreads {len(wrong)} of {len(y)}; all are corrections")
+        return imgs[pick].astype(np.float32), [str(int(y[i])) for i in pick]
     from trainer.data import load_task
 
     labels = LABEL_SETS["char"].labels

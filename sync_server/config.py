@@ -77,11 +77,11 @@ class SyncConfig:
         "auto"  # characters: relabel list for replay and base test ('auto': the trainer's)
     )
     score_delay: float = 0.5  # seconds a merged batch waits before its scoring task runs
-    quarantine_confidence: float = 0.90  # the model disagrees "at high confidence" from here
-    neighbours: int = 7  # nearest stored neighbours (other devices) asked for a consensus
-    neighbour_similarity: float = 0.80  # cosine on the embedding for a neighbour to count
+    quarantine_confidence: float = 0.50  # the model disagrees "at high confidence" from here
+    neighbours: int = 11  # nearest stored neighbours (other devices) asked for a consensus
+    neighbour_similarity: float = 0.60  # cosine on the embedding for a neighbour to count
     neighbour_consensus: float = 0.5  # share of the neighbours that makes their label a consensus
-    lift_devices: int = 3  # distinct devices labelling neighbours the same way lift a quarantine
+    lift_devices: int = 2  # distinct devices labelling neighbours the same way lift a quarantine
     max_device_share: float = 0.5  # most of a training set one device may contribute
     heldout_share: float = 0.2  # corrections (whole devices) held out of training for the gate
     retrain_after: int = 1000  # new accepted corrections that start a retrain (0: never)

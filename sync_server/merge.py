@@ -58,11 +58,11 @@ class MergeError(HwrError):
 class Policy:
     """The thresholds of the merge policy (defaults calibrated by bench/quarantine.py)."""
 
-    confidence: float = 0.90
-    k: int = 7
-    similarity: float = 0.80
+    confidence: float = 0.50
+    k: int = 11
+    similarity: float = 0.60
     consensus: float = 0.5
-    lift_devices: int = 3
+    lift_devices: int = 2
     max_device_share: float = 0.5
 
     @classmethod

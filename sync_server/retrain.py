@@ -171,14 +171,21 @@ def base_test(config: Any, task: str, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 
 def replay_sample(
-    x: np.ndarray, y: np.ndarray, per_class: int, seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    per_class: int,
+    seed: int,
+    corrections: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``per_class`` images of each class (all of a smaller class), seeded."""
+    """Base images so each class holds ``per_class`` with the corrections (at least a quarter of
+    it replayed), seeded: a class the school corrects a lot does not drown its neighbours."""
     rng = np.random.default_rng(seed)
+    have = np.bincount(corrections, minlength=int(y.max()) + 1) if corrections is not None else None
     idx = []
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
-        idx.append(rng.choice(members, min(per_class, len(members)), replace=False))
+        want = per_class if have is None else max(per_class // 4, per_class - int(have[c]))
+        idx.append(rng.choice(members, min(want, len(members)), replace=False))
     pick = np.sort(np.concatenate(idx)) if idx else np.zeros(0, np.int64)
     return x[pick], y[pick]
 
@@ -390,9 +397,9 @@ def run_job(ctx: WorkerContext, job: dict[str, Any], progress: Progress) -> None
     labels = list(LABEL_SETS[mode].labels)
     progress.stage("loading")
     bx, by, _ = base_split(cfg, task, "train")
-    rx, ry = replay_sample(bx, by, cfg.replay_per_class, seed=job_id)
     cx = np.clip(np.rint(train_x * 255.0), 0, 255).astype(np.uint8)
     cy = np.asarray([labels.index(lab) for lab in train_y], dtype=np.int64)
+    rx, ry = replay_sample(bx, by, cfg.replay_per_class, seed=job_id, corrections=cy)
     x = np.concatenate([cx, rx])
     y = np.concatenate([cy, ry])
     parent_manifest = st.registry.manifest_path(name, parent.version)
