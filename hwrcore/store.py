@@ -99,7 +99,7 @@ PENDING_LIMIT = 10_000  # pending corrections a store holds before it refuses ne
 EMBEDDED_PER_RECORD = 1000
 # Strokes: simplified within this fraction of the drawing's longer side (0.05 of an output
 # pixel for a digit), rounded to 0.1 px, and refused beyond MAX_STROKES_BYTES of JSON. The
-# largest pendigits drawing (231 points) is 3.2 KB as recorded and 1.7 KB simplified.
+# largest pendigits drawing (231 points) is 3.2 KB as recorded and 1.4 KB simplified.
 STROKE_TOLERANCE = 0.0025
 MAX_STROKES_BYTES = 16_384
 MAX_COORD = 100_000.0

@@ -32,6 +32,7 @@ import requests
 from edge.config import ConfigError, EdgeConfig
 from edge.sync import MAX_BODY_BYTES, Backoff, SyncClient, parse_retry_after
 from hwrcore import __version__
+from hwrcore import store as store_module
 from hwrcore.store import Correction, CorrectionStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -360,8 +361,9 @@ def test_a_batch_never_exceeds_100_items_or_1_mib(tmp_path, server, stores):
     client.step()
     assert [len(b["ids"]) for b in server.bodies] == [100, 100, 30]
 
-    # About 20 KB of strokes each: 100 would be 2 MB, so batches are split by size.
-    points = [[float(x), float(x % 280)] for x in range(1200)]
+    # About 13 KB of strokes each (a zigzag the store cannot simplify): 100 would be 1.3 MB,
+    # so batches are split by size.
+    points = [[x * 0.2 + (x % 2) * 7.5, float(x * 37 % 280)] for x in range(1100)]
     big = [correction(1000 + i, strokes=[points]) for i in range(120)]
     for c in big:
         stores["char"].add(c)
@@ -375,8 +377,12 @@ def test_a_batch_never_exceeds_100_items_or_1_mib(tmp_path, server, stores):
     assert len(server.stored) == 350 and set(server.stored.values()) == {1}
 
 
-def test_a_correction_too_large_for_any_batch_is_kept_and_blocks_nothing(tmp_path, server, stores):
-    huge = correction(0, strokes=[[[float(x), 1.0] for x in range(120_000)]])
+def test_a_correction_too_large_for_any_batch_is_kept_and_blocks_nothing(
+    tmp_path, server, stores, monkeypatch
+):
+    # The store bounds strokes far below a batch; a store that did not is what this guards.
+    monkeypatch.setattr(store_module, "simplify_strokes", lambda s: json.dumps(s))
+    huge = correction(0, strokes=[[[x * 0.5, 1.0] for x in range(120_000)]])
     rest = [correction(i) for i in range(1, 4)]
     for c in [huge, *rest]:
         stores["digit"].add(c)
@@ -388,7 +394,8 @@ def test_a_correction_too_large_for_any_batch_is_kept_and_blocks_nothing(tmp_pat
 
 
 def test_a_server_with_a_lower_limit_gets_halved_batches_after_a_413(tmp_path, server, stores):
-    items = [correction(i, strokes=[[[float(x), 1.0] for x in range(300)]]) for i in range(40)]
+    zigzag = [[[x * 0.5, float(x % 2 * 9)] for x in range(300)]]  # kept whole by the store
+    items = [correction(i, strokes=zigzag) for i in range(40)]
     for c in items:
         stores["digit"].add(c)
     server.max_body = 100_000  # about 10 of these items
