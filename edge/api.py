@@ -238,6 +238,7 @@ def public_health(reply: dict[str, Any]) -> dict[str, Any]:
     corrections = {}
     for mode, stats in (reply.get("corrections") or {}).items():
         stats = {k: v for k, v in stats.items() if k != "path"}
+        reasons += [f"the {mode} store: {p}" for p in stats.get("problems") or []]
         failures = int(stats.get("compaction_failures") or 0)
         if failures:
             reasons.append(f"the {mode} snapshot could not be written ({failures} tries in a row)")

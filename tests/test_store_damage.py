@@ -307,3 +307,27 @@ def test_strokes_stay_on_disk_and_start_up_reads_none(
         assert len(store.newest_vectors(10)) == 5 and reads == []
         assert store.get(items[2].id).strokes == json.loads(simplify_strokes(items[2].strokes))  # type: ignore[union-attr]
         assert reads == [1]
+
+
+def test_healthz_is_degraded_and_counts_the_loss_after_a_truncated_journal(tmp_path: Path) -> None:
+    from edge.app import close_app, create_app, store_path
+    from edge.config import EdgeConfig
+    from tests.models import require_models
+
+    web = tmp_path / "web"
+    (web / "static").mkdir(parents=True)
+    (web / "index.html").write_text("<!doctype html><title>canvas</title>")
+    data = tmp_path / "data"
+    path = store_path(data, "digit")
+    kill_after_adding(path, 10)
+    journal = path.with_name(path.name + ".journal")
+    journal.write_bytes(journal.read_bytes()[: journal.stat().st_size // 2])
+    lost = 10 - len(scan_journal(journal.read_bytes()).records)
+    app = create_app(EdgeConfig(data_dir=data, models_dir=require_models(), web_dir=web))
+    try:
+        body = app.test_client().get("/healthz").get_json()
+    finally:
+        close_app(app)
+    assert body["status"] == "degraded"
+    assert body["corrections"]["digit"]["recovered"]["lost_records"] == lost >= 5
+    assert any(f"lost {lost} acknowledged records" in r for r in body["reasons"]), body["reasons"]
