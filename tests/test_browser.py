@@ -549,8 +549,11 @@ GEOMETRY = """() => {
     return {
         targets: [...document.querySelectorAll('button')].filter(shown).map(box),
         statuses: ['conn', 'models', 'sync', 'pending', 'correction', 'keypad-title', 'result',
-                   'keypad'].map(id => box(document.getElementById(id))),
+                   'keypad', 'watching', 'remote'].map(id => box(document.getElementById(id))),
         footerTop: document.querySelector('footer').getBoundingClientRect().top,
+        // Statuses whose text is cut short (an ellipsis) although a pupil must read them.
+        clipped: ['conn', 'pending', 'keypad-title', 'pred-hint'].filter(id => {
+            const e = document.getElementById(id); return e.scrollWidth > e.clientWidth + 1; }),
         canvas: box(c), store: [c.width, c.height], dpr: devicePixelRatio,
         touchAction: getComputedStyle(c).touchAction,
         scrollWidth: document.documentElement.scrollWidth,
@@ -579,7 +582,8 @@ def test_every_target_and_status_fits_on_one_screen(
             page.evaluate(
                 """() => { hwrApp.showCorrection('error', 'Not saved: ' + 'the app is offline. '
                     .repeat(4)); document.getElementById('conn').textContent =
-                    'Reconnecting in 5 s'; }"""
+                    'Reconnecting in 5 s'; hwrApp.showWatching(2); hwrApp.showRemote(
+                    {state: 'open', viewer_url: 'https://a-long-name.ngrok-free.app/viewer'}); }"""
             )
             page.screenshot(path=str(SHOTS / f"canvas-{name}-{mode}.png"))
             seen[mode] = page.evaluate(GEOMETRY)
@@ -596,6 +600,7 @@ def test_every_target_and_status_fits_on_one_screen(
             if b["left"] < 0 or b["top"] < 0 or b["right"] > width or b["bottom"] > height
         ]
         assert outside == [], (mode, "not on screen", outside)
+        assert g["clipped"] == [], (mode, "cut short", g["clipped"])
         # The panel's parts stay above the footer: nothing spills onto it.
         panel = [b for b in g["statuses"] if b["id"] in ("correction", "keypad", "result")]
         assert max(b["bottom"] for b in panel) <= g["footerTop"] + 0.5, (mode, panel)

@@ -744,8 +744,8 @@ class App {
     }
     const models_el = $("models");
     models_el.dataset.state = "ok";
-    models_el.textContent = parts.length ? `Models: ${parts.join(" \u00b7 ")}` : "Models: none loaded";
-    models_el.title = models_el.textContent;
+    models_el.textContent = parts.length ? parts.join(" \u00b7 ") : "Models: none loaded";
+    models_el.title = parts.length ? `Models: ${parts.join(", ")}` : "No model is loaded.";
     this.showPending(Number.isFinite(health.pending) ? health.pending : null);
     this.showSync(health.sync || null);
     if (Number.isFinite(health.viewers)) this.showWatching(health.viewers);
