@@ -292,7 +292,7 @@ def score_pending(
                 else:
                     conn.execute(
                         assessments.insert().values(
-                            uuid=r.uuid, mode=mode, status="accepted", support_devices=0, **values
+                            uuid=r.uuid, mode=mode, status="pending", support_devices=0, **values
                         )
                     )
         done += len(rows)
@@ -607,7 +607,7 @@ def decisions(engine: Engine, *, limit: int = 100, offset: int = 0) -> list[dict
 def device_stats(engine: Engine) -> list[dict[str, Any]]:
     """Each device's corrections and how far they agree with the school, by device name.
 
-    Item: ``{"device_id", "device", "group", "corrections" (stored), "scored", "accepted",
+    Item: ``{"device_id", "device", "group", "corrections" (stored), "scored" (and judged), "accepted",
     "quarantined" (open), "approved", "rejected", "agreement" (share of its corrections whose
     label matches the consensus of other devices' neighbours, among those with a consensus;
     None without any), "model_agreement" (share whose label is the model's guess), "share"
@@ -634,6 +634,8 @@ def device_stats(engine: Engine) -> list[dict[str, Any]]:
     per: dict[int, Counter] = defaultdict(Counter)
     training: dict[str, Counter] = defaultdict(Counter)
     for r in rows:
+        if r.status == "pending":
+            continue  # scored, not yet judged
         c = per[r.device_id]
         c["scored"] += 1
         if r.review == "approved":
@@ -689,7 +691,7 @@ def class_counts(engine: Engine, mode: str) -> list[dict[str, Any]]:
         rows = conn.execute(q).all()
     per: dict[str, Counter] = defaultdict(Counter)
     for label, status, review, n in rows:
-        key = review or status or "unscored"
+        key = review or (status if status != "pending" else None) or "unscored"
         per[label][key] += n
         per[label]["total"] += n
     keys = ("total", "accepted", "quarantined", "approved", "rejected", "unscored")
