@@ -98,3 +98,15 @@ def test_pu_classifier_finds_the_positive_shapes_in_the_mixed_class() -> None:
     assert len(test_moved & set(image_hashes(test_x[:20]))) >= 15
     assert len(test_moved & set(image_hashes(test_x[20:]))) <= 2
     assert test_post.shape == (40,)
+
+
+def test_fit_softmax_learns_a_separable_problem_on_raw_features() -> None:
+    from trainer.refit import RefitConfig, fit_softmax
+
+    rng = np.random.default_rng(4)
+    centres = rng.normal(0, 4, (3, 8)) + 10.0  # far from zero: standardisation must be undone
+    y = rng.integers(0, 3, 900)
+    x = centres[y] + rng.normal(0, 1, (900, 8))
+    w, b = fit_softmax(x, y, 3, RefitConfig(steps=300, batch=256))
+    assert w.shape == (8, 3) and b.shape == (3,)
+    assert np.mean(np.argmax(x @ w + b, axis=1) == y) > 0.97

@@ -222,6 +222,40 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _add_refit(sub) -> None:
+    p = sub.add_parser(
+        "refit",
+        help="refit a trained model's output layer on the (relabelled) training split",
+    )
+    p.add_argument("task", choices=["digits", "characters"])
+    p.add_argument("--init-from", required=True, help="the trained .keras model")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--data-dir")
+    p.add_argument("--relabel", default="", help="a relabel list for the training split")
+    p.add_argument("--val-size", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--steps", type=int, default=800)
+
+
+def cmd_refit(args) -> int:
+    from .refit import RefitConfig, refit_head
+
+    if args.steps < 1 or args.val_size < 0:
+        raise ValueError("--steps must be positive and --val-size not negative")
+    path = refit_head(
+        args.task,
+        args.init_from,
+        args.out_dir,
+        data_dir=args.data_dir,
+        relabel=args.relabel,
+        val_size=args.val_size,
+        seed=args.seed,
+        cfg=RefitConfig(steps=args.steps),
+    )
+    print(f"model written to {path}")
+    return 0
+
+
 def _add_validate(sub) -> None:
     p = sub.add_parser(
         "validate",
@@ -332,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_evaluate(sub)
     _add_relabel(sub)
     _add_validate(sub)
+    _add_refit(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -344,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": cmd_evaluate,
         "relabel": cmd_relabel,
         "validate": cmd_validate,
+        "refit": cmd_refit,
     }
     try:
         return handlers[args.command](args)
