@@ -86,15 +86,4 @@ def test_manifests_carry_per_class_recall_and_no_class_is_never_predicted(
         assert m.metrics["min_recall"] == min(recall.values()), path
         low = sorted(k for k, r in recall.items() if r < 0.2)
         assert len(m.metrics["warnings"]) == len(low), path
-    known = []
-    for path in _manifests(models_dir):
-        m = load_manifest(path)
-        low = sorted(k for k, r in m.metrics["per_class_recall"].items() if r < 0.2)
-        if low and (m.name, m.version) == ("characters", "1.0.0"):
-            # Known: EMNIST's F holds more f shapes than f itself (issue 13); 1.1.0 trains on
-            # the relabelled split. Any other model must predict every class.
-            known.append(f"{m.name} {m.version} never predicts {low}")
-            continue
         assert not low, f"{path}: classes under 20% recall: {low}"
-    if known:
-        pytest.xfail("; ".join(known))
