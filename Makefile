@@ -68,7 +68,7 @@ models-digits: install-all
 models-characters: install-all
 	$(BIN)/hwr-train train characters --data-dir $(DATA_DIR) --epochs 8 --out-dir build/characters-base
 	$(BIN)/hwr-train refit characters --init-from build/characters-base/model.keras --relabel trainer/relabels/characters-f.json --out-dir build/characters-refit --data-dir $(DATA_DIR)
-	$(BIN)/hwr-train export characters --model build/characters-refit/model.keras --data-dir $(DATA_DIR) --out $(MODELS_DIR) --version 1.1.0
+	$(BIN)/hwr-train export characters --model build/characters-refit/model.keras --data-dir $(DATA_DIR) --out $(MODELS_DIR) --version 1.1.0 --parent-version 1.0.0
 	$(BIN)/hwr-train evaluate characters --manifest $(MODELS_DIR)/characters.json --data-dir $(DATA_DIR)
 
 # A candidate, not shipped: the residual CNN trained from the start on the relabelled split.
