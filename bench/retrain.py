@@ -109,7 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             stamps.append((name, time.monotonic()))
         return original(self, name, within, **values)
 
+    original_epoch = jobs.Progress.epoch
+
+    def epoch(self, *args):  # type: ignore[no-untyped-def]
+        if stamps[-1][0] != "training":
+            stamps.append(("training", time.monotonic()))
+        return original_epoch(self, *args)
+
     jobs.Progress.stage = stage  # type: ignore[method-assign]
+    jobs.Progress.epoch = epoch  # type: ignore[method-assign]
     t0 = time.monotonic()
     job = jobs.request_retrain(st, args.task, "bench", trigger="cli")
     total = time.monotonic() - t0

@@ -176,15 +176,24 @@ def replay_sample(
     per_class: int,
     seed: int,
     corrections: np.ndarray | None = None,
+    misread_as: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Base images so each class holds ``per_class`` with the corrections (at least a quarter of
-    it replayed), seeded: a class the school corrects a lot does not drown its neighbours."""
+    it replayed), seeded: a class the school corrects a lot does not drown its neighbours.
+
+    ``misread_as``: the parent's guess for each correction it got wrong; each such class gets
+    one more replayed image per correction taken from it (up to ``per_class`` more), so the
+    model learns the boundary between the two instead of moving the whole class.
+    """
     rng = np.random.default_rng(seed)
-    have = np.bincount(corrections, minlength=int(y.max()) + 1) if corrections is not None else None
+    n = int(y.max()) + 1
+    have = np.bincount(corrections, minlength=n) if corrections is not None else None
+    extra = np.bincount(misread_as, minlength=n) if misread_as is not None else np.zeros(n, int)
     idx = []
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
         want = per_class if have is None else max(per_class // 4, per_class - int(have[c]))
+        want += min(per_class, int(extra[c]))
         idx.append(rng.choice(members, min(want, len(members)), replace=False))
     pick = np.sort(np.concatenate(idx)) if idx else np.zeros(0, np.int64)
     return x[pick], y[pick]
@@ -399,7 +408,11 @@ def run_job(ctx: WorkerContext, job: dict[str, Any], progress: Progress) -> None
     bx, by, _ = base_split(cfg, task, "train")
     cx = np.clip(np.rint(train_x * 255.0), 0, 255).astype(np.uint8)
     cy = np.asarray([labels.index(lab) for lab in train_y], dtype=np.int64)
-    rx, ry = replay_sample(bx, by, cfg.replay_per_class, seed=job_id, corrections=cy)
+    guess, _ = ctx.scorer(name, parent.version)(train_x)
+    wrong = guess.argmax(1) != cy
+    rx, ry = replay_sample(
+        bx, by, cfg.replay_per_class, seed=job_id, corrections=cy, misread_as=guess.argmax(1)[wrong]
+    )
     x = np.concatenate([cx, rx])
     y = np.concatenate([cy, ry])
     parent_manifest = st.registry.manifest_path(name, parent.version)
