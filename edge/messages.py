@@ -222,6 +222,8 @@ def _answer(msg: object, ctx: Context) -> dict[str, Any]:
             reply = _correct(body, ctx, CONFIRMATION)
         elif kind == "withdraw":
             reply = _withdraw(body, ctx)
+        elif kind == "clear":
+            reply = {}  # nothing to do here; the viewers are told (ViewerHub.publish)
         else:
             reply = health(ctx)
         return {"type": protocol.REQUEST_TYPES[kind], "seq": seq, **reply}

@@ -42,6 +42,8 @@ from .config import EdgeConfig
 log = logging.getLogger(__name__)
 
 CORRECTIONS_PATH = "/api/v1/corrections"
+WITHDRAW_PATH = "/api/v1/corrections/withdraw"
+WITHDRAWALS_PER_BATCH = 100
 HEARTBEAT_PATH = "/api/v1/heartbeat"
 MAX_ITEMS = 100  # the server's limit per batch
 MAX_BODY_BYTES = 1 << 20  # the server's limit per body
@@ -53,6 +55,8 @@ _PREFIX = b'{"corrections":['
 _SUFFIX = b"]}"
 _ACKED = ("stored", "duplicate")
 _REFUSED = ("rejected", "conflict")
+# A withdrawal is done with on these answers (``unknown``: the server has no such correction).
+_WITHDRAWN = ("withdrawn", "duplicate", "unknown")
 
 
 class SyncError(HwrError):
@@ -123,6 +127,8 @@ def encode_item(mode: str, model_name: str, item: PendingItem) -> bytes:
         "created": item.created,
         "updated": item.updated,
     }
+    if item.kind != "correction":  # absent means a correction (docs/sync.md)
+        head["kind"] = item.kind
     text = json.dumps(head, separators=(",", ":"), allow_nan=False)
     return (text[:-1] + ',"strokes":' + item.strokes + "}").encode("utf-8")
 
@@ -223,6 +229,8 @@ class SyncClient:
         self._refused: Counter[str] = Counter()  # "rejected" / "conflict" -> count
         self._codes: Counter[str] = Counter()  # the refusals' error codes -> count
         self._uploaded = 0
+        self._withdrawals_sent = 0
+        self._no_withdraw_route = False
         self.tunnel_url: Callable[[], str | None] = lambda: None  # the heartbeat's tunnel_url
 
     # -- the thread ---------------------------------------------------------------------------
@@ -387,7 +395,51 @@ class SyncClient:
         for mode, store in self.stores.items():
             name = str((info.get(mode) or {}).get("name") or MODEL_NAMES.get(mode, mode))
             more = self._upload_store(mode, name, store) or more
+            more = self._withdraw(store) or more
         return more
+
+    def _withdraw(self, store: CorrectionStore) -> bool:
+        """Send one batch of withdrawals the server has not heard of; True when more are left."""
+        try:
+            pending = [
+                w
+                for w in store.pending_withdrawals(WITHDRAWALS_PER_BATCH + len(self._skip))
+                if w.id not in self._skip
+            ][:WITHDRAWALS_PER_BATCH]
+        except StoreError:
+            return False
+        if not pending:
+            return False
+        body = json.dumps(
+            {"withdrawals": [{"id": w.id, "withdrawn": w.withdrawn, "by": w.by} for w in pending]},
+            separators=(",", ":"),
+        ).encode()
+        try:
+            answer = self._post(WITHDRAW_PATH, body)
+        except SyncError as exc:
+            if exc.status not in (404, 405):
+                raise
+            # A server without the route: the withdrawals wait on the device, uploads go on.
+            if not self._no_withdraw_route:
+                log.warning("sync: the server does not take withdrawals yet; they wait here")
+            self._no_withdraw_route = True
+            return False
+        self._no_withdraw_route = False
+        done: list[str] = []
+        for res in answer.get("results") or []:
+            if not isinstance(res, dict):
+                continue
+            if res.get("status") in _WITHDRAWN:
+                done.append(res.get("id"))
+            elif res.get("status") == "rejected":
+                err = res.get("error")
+                code = err.get("code") if isinstance(err, dict) else None
+                self._refuse(str(res.get("id")), "rejected", str(code or "rejected"))
+        if done:
+            store.mark_withdrawal_synced(done)
+            with self._lock:
+                self._withdrawals_sent += len(done)
+        return len(pending) == WITHDRAWALS_PER_BATCH
 
     def _upload_store(self, mode: str, name: str, store: CorrectionStore) -> bool:
         unacked: set[str] = set()  # sent this round without an answer for it: not sent again now
@@ -490,6 +542,7 @@ class SyncClient:
                 "conflicts": self._refused["conflict"],
                 "refused_codes": dict(self._codes),
                 "uploaded": self._uploaded,
+                "withdrawals_sent": self._withdrawals_sent,
                 "server": self.server,
             }
 

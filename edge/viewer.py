@@ -297,6 +297,8 @@ class ViewerHub:
                     self._prediction = guess
                     events.append(self._strict({"type": "prediction", **guess}))
                 self._send(events)
+        elif kind == "clear" and answered == "cleared":
+            self._reset(canvas, closed=False)
         elif kind == "correct" and answered == "corrected":
             with self._lock:
                 self._correction = {"label": reply.get("label")}
@@ -304,17 +306,24 @@ class ViewerHub:
 
     def canvas_closed(self, canvas: str) -> None:
         """The canvas page's socket closed: its drawing is no longer on any screen."""
+        self._reset(canvas, closed=True)
+
+    def _reset(self, canvas: str, *, closed: bool) -> None:
+        """The canvas that viewers see was cleared (or its page left): they see it empty."""
         try:
             with self._lock:
                 if canvas != self._owner:
                     return
-                self._owner, self._mode = None, None
+                event: dict[str, Any] = {"type": "clear", "drawing": self._drawing + 1}
+                if closed:
+                    self._owner, self._mode = None, None
+                    event["closed"] = True
+                else:
+                    event["mode"] = self._mode
                 self._strokes, self._open = [], False
                 self._prediction = self._correction = None
                 self._drawing += 1
-                self._send(
-                    [self._strict({"type": "clear", "drawing": self._drawing, "closed": True})]
-                )
+                self._send([self._strict(event)])
         except Exception:
             log.exception("clearing the viewers failed")
 

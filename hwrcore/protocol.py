@@ -23,6 +23,7 @@ REQUEST_TYPES = {
     "correct": "corrected",
     "confirm": "confirmed",
     "withdraw": "withdrawn",
+    "clear": "cleared",  # the canvas was cleared (what a teacher watching sees)
     "health": "health",
 }
 ERROR_TYPE = "error"

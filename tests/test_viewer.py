@@ -202,6 +202,28 @@ def test_another_canvas_is_a_new_drawing_and_a_closed_canvas_clears_the_viewers(
     assert snap["strokes"] == [] and snap["prediction"] is None
 
 
+def test_a_cleared_canvas_clears_the_viewers_and_the_next_drawing_follows_it():
+    hub = ViewerHub()
+    predict(hub, [DOWN, ACROSS], canvas="ws-a")
+    viewer = hub.join("s")
+    mirror = Mirror()
+    for msg in drain(hub, viewer):
+        mirror.apply(msg)
+    assert mirror.strokes == [DOWN, ACROSS] and mirror.prediction is not None
+    hub.publish("ws-b", {"type": "clear"}, {"type": "cleared", "seq": 1})  # another page
+    assert drain(hub, viewer) == []
+    hub.publish("ws-a", {"type": "clear"}, {"type": "cleared", "seq": 2})
+    (cleared,) = drain(hub, viewer)
+    assert cleared["type"] == "clear" and cleared["mode"] == "digit" and "closed" not in cleared
+    mirror.apply(cleared)
+    assert mirror.strokes == [] and mirror.prediction is None
+    assert hub.snapshot()["strokes"] == [] and hub.snapshot()["prediction"] is None
+    predict(hub, [ACROSS], canvas="ws-a")
+    for msg in drain(hub, viewer):
+        mirror.apply(msg)
+    assert mirror.strokes == [ACROSS] and mirror.gaps == 0
+
+
 def test_a_slow_viewer_loses_live_points_only_then_gets_the_stroke_whole():
     hub = ViewerHub()
     slow = hub.join("slow")

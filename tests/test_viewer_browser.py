@@ -111,6 +111,10 @@ def test_strokes_drawn_on_the_device_appear_on_two_viewer_pages(device, browser)
         page.wait_for_function(
             "(l) => document.getElementById('pred-label').textContent === l", arg=label
         )
+    pupil.click("#clear")  # the pupil wipes the drawing: what the teachers see is empty too
+    for page in viewers:
+        page.wait_for_function("window.hwrViewer.strokes.length === 0")
+        assert page.get_attribute("#canvas", "data-strokes") == "0"
     for page in viewers:
         page.click("#signout")
         page.wait_for_selector("#signin:not([hidden])")

@@ -13,6 +13,8 @@ const LIVE_AGREE = 2;
 // drawing with every live answer shown, 3 times with this rule.
 const LIVE_MIN_CONFIDENCE = 0.95;
 const HEALTH_INTERVAL_MS = 5000;
+// How long the footer says "New model" after the school's server sent one.
+const NEW_MODEL_NOTICE_MS = 20000;
 // How long a saved answer can be taken back with the Undo next to it.
 export const UNDO_MS = 8000;
 // Saved answers of this session a teacher can take back (kept in this tab only).
@@ -241,6 +243,7 @@ class App {
     this.lastLiveAt = performance.now();
     const strokes = this.pad.snapshot();
     const mode = this.mode;
+    this.clearedSent = false;
     const req = this.conn.request("predict", { mode, strokes });
     if (req.via === "http" && !final) this.httpLiveBusy = true;
     this.latest = req;
@@ -343,6 +346,7 @@ class App {
 
   /** Forget the answer on screen; answers still on their way for it are dropped. */
   showEmpty(hint = "", reset = true) {
+    this.tellCleared();
     if (reset) this.resetSeq = this.conn.seq;
     this.prediction = null;
     this.liveRun = { label: null, n: 0 };
@@ -354,6 +358,13 @@ class App {
     $("pred-source").hidden = true;
     $("pred-top").replaceChildren();
     this.showActions();
+  }
+
+  /** An empty canvas: a teacher watching (edge/viewer.py) sees it empty too. Socket only. */
+  tellCleared() {
+    if (this.clearedSent || !this.conn.open) return;
+    this.clearedSent = true;
+    this.conn.request("clear", {}).answer.catch(() => {});
   }
 
   /** The Right! button, the Undo of a saved answer, and the keypad's heading. */
@@ -743,8 +754,17 @@ class App {
       }
     }
     const models_el = $("models");
-    models_el.dataset.state = "ok";
-    models_el.textContent = parts.length ? parts.join(" \u00b7 ") : "Models: none loaded";
+    // A model the school's server sent was swapped in since the last look: say so for a while.
+    const changed = Number.isFinite(health.model_changed_at) ? health.model_changed_at : null;
+    if (this.modelChangedAt !== undefined && changed !== null && changed !== this.modelChangedAt) {
+      this.newModelUntil = Date.now() + NEW_MODEL_NOTICE_MS;
+    }
+    this.modelChangedAt = changed;
+    const fresh = Date.now() < (this.newModelUntil || 0);
+    models_el.dataset.state = fresh ? "new" : "ok";
+    models_el.textContent = parts.length
+      ? (fresh ? "New model: " : "") + parts.join(" \u00b7 ")
+      : "Models: none loaded";
     models_el.title = parts.length ? `Models: ${parts.join(", ")}` : "No model is loaded.";
     this.showPending(Number.isFinite(health.pending) ? health.pending : null);
     this.showSync(health.sync || null);

@@ -1,0 +1,51 @@
+# ruff: noqa: F811 - the fixtures of tests/test_browser.py are imported by name
+"""The canvas of a synced device, in Chromium: the school server's state and a new model shown."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.sync_harness import (
+    SyncedEdge,
+    SyncServer,
+    last_line,
+    new_model_version,
+    run_cli,
+    wait_for,
+)
+from tests.test_browser import (  # noqa: F401 - a fixture
+    open_page,
+    playwright_browser,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def test_the_canvas_says_when_a_new_model_arrives_and_shows_the_server_online(
+    playwright_browser, tmp_path
+):
+    data = tmp_path / "server"
+    token = last_line(run_cli("add-device", "room-1", data_dir=data))
+    key = last_line(run_cli("public-key", data_dir=data))
+    server = SyncServer(data)
+    edge = SyncedEdge(tmp_path / "edge", server.url, token, key)
+    context = None
+    try:
+        context, page, _ = open_page(playwright_browser, edge.url)
+        page.wait_for_selector("#sync[data-state='online']")
+        models = page.locator("#models")
+        assert models.get_attribute("data-state") == "ok"
+        assert "New model" not in models.text_content()
+        assert "1.2.0" in models.text_content()
+
+        run_cli("publish", str(new_model_version(tmp_path, "9.0.0")), data_dir=data)
+        wait_for(
+            lambda: edge.health()["models"]["digit"]["version"] == "9.0.0", 30, "the new model"
+        )
+        page.wait_for_selector("#models[data-state='new']")
+        assert "New model" in models.text_content() and "9.0.0" in models.text_content()
+    finally:
+        if context is not None:
+            context.close()
+        edge.stop()
+        server.stop()
