@@ -87,3 +87,23 @@ def test_manifests_carry_per_class_recall_and_no_class_is_never_predicted(
         low = sorted(k for k, r in recall.items() if r < 0.2)
         assert len(m.metrics["warnings"]) == len(low), path
         assert not low, f"{path}: classes under 20% recall: {low}"
+
+
+def _arc(cx: float, cy: float, r: float, a0: float, a1: float) -> list[list[float]]:
+    t = np.radians(np.linspace(a0, a1, 12))
+    return [[cx + r * np.cos(a), cy - r * np.sin(a)] for a in t]
+
+
+def test_a_printed_f_drawn_on_the_canvas_reads_f_and_a_printed_capital_f_reads_capital_f(
+    models_dir: Path,
+) -> None:
+    """The pupil-visible failure of characters 1.0.0 (a printed f read "F 61%"), through the
+    canvas path: strokes rendered by the shared preprocessing."""
+    from hwrcore.preprocess import strokes_to_input
+
+    small_f = [[[110, 250], [110, 90], *_arc(140, 90, 30, 180, 30)], [[75, 140], [150, 140]]]
+    big_f = [[[100, 250], [100, 60]], [[100, 60], [190, 60]], [[100, 150], [170, 150]]]
+    clf = Classifier(models_dir / "characters.json")
+    for strokes, want in ((small_f, "f"), (big_f, "F")):
+        p = clf.predict(strokes_to_input(strokes, clf.manifest.style))
+        assert p.top(clf.labels, 1)[0][0] == want, p.top(clf.labels, 3)
