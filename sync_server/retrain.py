@@ -236,8 +236,11 @@ def keras_from_tflite(manifest_path: str | os.PathLike):  # type: ignore[no-unty
     layers = [ly for ly in model.layers if type(ly).__name__ in ("Conv2D", "Dense")]
     remaining = list(ops)
     for layer in layers:
-        key = "embed_bn" if layer.name == "embed_dense" else layer.name
-        hit = [o for o in remaining if f"/{key}_1/" in tensors[o["inputs"][1]]["name"]]
+        # The converter names a weight after its layer, or after the batch norm folded into it.
+        keys = [layer.name] + (["embed_bn"] if layer.name == "embed_dense" else [])
+        hit = [
+            o for o in remaining if any(f"/{k}_1/" in tensors[o["inputs"][1]]["name"] for k in keys)
+        ]
         if len(hit) != 1:
             raise RuntimeError(f"cannot find the int8 weights of layer {layer.name}")
         op = hit[0]
