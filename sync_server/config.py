@@ -69,6 +69,7 @@ class SyncConfig:
     # -- the learning loop (sync_server/merge.py, jobs.py, retrain.py) ---------------------------
     start_worker: bool = True  # serve starts an hwr-sync-server worker beside itself
     worker_threads: int = 2  # Huey worker threads (scoring goes on while one job trains)
+    worker_nice: int = 10  # the worker's CPU priority below the server's (0: the same)
     jobs_db: str = ""  # Huey's SQLite file; empty: <data_dir>/jobs.db
     base_data_dir: str = (
         ""  # MNIST/EMNIST for replay and the gate; empty: $HWR_DATA_DIR, ../shared/data
@@ -91,6 +92,7 @@ class SyncConfig:
     retrain_batch: int = 64
     retrain_lr: float = 3e-4
     retrain_threads: int = 0  # TensorFlow threads (0: its default)
+    retrain_layers: str = "all"  # "all", or "head": only the embedding and output layers learn
     replay_per_class: int = 300  # base training images per class replayed beside corrections
     eval_limit: int = 0  # >0: the gate reads only this many base test images (tests)
     gate_max_accuracy_drop: float = 0.002  # base test accuracy may fall by at most 0.2 points
@@ -136,6 +138,10 @@ class SyncConfig:
         ):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
+        if self.retrain_layers not in ("all", "head"):
+            raise ConfigError(
+                f"retrain_layers must be 'all' or 'head', got {self.retrain_layers!r}"
+            )
         for name in ("retrain_after", "replay_per_class", "eval_limit", "retrain_max_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")

@@ -446,6 +446,11 @@ def run_worker(config: SyncConfig) -> int:
     """The worker process: fail the jobs a dead worker left, then consume the queue until stopped."""
     from .state import open_state
 
+    if config.worker_nice:
+        try:  # the device API comes first: scoring and training take what CPU is left
+            os.nice(config.worker_nice)
+        except OSError as e:
+            log.warning("cannot lower the worker's priority: %s", e)
     state = open_state(config)
     state.jobs = JobQueue(config)
     failed = fail_stale(state.engine)

@@ -327,9 +327,12 @@ def fine_tune(
         tmp = parent_weights.with_name(f".{parent_weights.stem}.{os.getpid()}.keras")
         model.save(tmp)
         os.replace(tmp, parent_weights)
+    head = {"embed_dense", "logits"}
     for layer in model.layers:
         if type(layer).__name__ == "BatchNormalization":
             layer.trainable = False  # inference statistics: the folded int8 weights stay valid
+        elif config.retrain_layers == "head" and layer.weights and layer.name not in head:
+            layer.trainable = False  # only the embedding and output layers learn
     steps = max(1, len(x) // cfg.batch_size)
     if cfg.max_steps:
         steps = min(steps, cfg.max_steps)
