@@ -92,7 +92,7 @@ class SyncConfig:
     retrain_batch: int = 64
     retrain_lr: float = 3e-4
     retrain_threads: int = 0  # TensorFlow threads (0: its default)
-    retrain_layers: str = "all"  # "all", or "head": only the embedding and output layers learn
+    retrain_layers: str = "auto"  # "all"; "head": embedding and output layers; auto: per model
     replay_per_class: int = 300  # base training images per class replayed beside corrections
     eval_limit: int = 0  # >0: the gate reads only this many base test images (tests)
     gate_max_accuracy_drop: float = 0.002  # base test accuracy may fall by at most 0.2 points
@@ -138,9 +138,9 @@ class SyncConfig:
         ):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
-        if self.retrain_layers not in ("all", "head"):
+        if self.retrain_layers not in ("auto", "all", "head"):
             raise ConfigError(
-                f"retrain_layers must be 'all' or 'head', got {self.retrain_layers!r}"
+                f"retrain_layers must be 'auto', 'all' or 'head', got {self.retrain_layers!r}"
             )
         for name in ("retrain_after", "replay_per_class", "eval_limit", "retrain_max_steps"):
             if getattr(self, name) < 0:

@@ -38,6 +38,7 @@ TASKS = {"digit": "digits", "char": "characters"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AUTO_RELABEL = {"characters": REPO_ROOT / "trainer" / "relabels" / "characters-f.json"}
 REPRESENTATIVE = 300
+AUTO_LAYERS = {"digits": "all", "characters": "head"}
 
 
 # -- the gate (pure) ---------------------------------------------------------------------------
@@ -328,10 +329,13 @@ def fine_tune(
         model.save(tmp)
         os.replace(tmp, parent_weights)
     head = {"embed_dense", "logits"}
+    layers = config.retrain_layers
+    if layers == "auto":  # measured: every layer suits the digits; characters 1.1.0 lost 3-7
+        layers = AUTO_LAYERS[task]  # points of I recall that way, where its head alone learns
     for layer in model.layers:
         if type(layer).__name__ == "BatchNormalization":
             layer.trainable = False  # inference statistics: the folded int8 weights stay valid
-        elif config.retrain_layers == "head" and layer.weights and layer.name not in head:
+        elif layers == "head" and layer.weights and layer.name not in head:
             layer.trainable = False  # only the embedding and output layers learn
     steps = max(1, len(x) // cfg.batch_size)
     if cfg.max_steps:
