@@ -24,7 +24,7 @@ from hwrcore import protocol
 from hwrcore.labels import LABEL_SETS
 from hwrcore.release import canonical_json
 
-from .corrections import merge, summary
+from .corrections import merge, summary, withdraw
 from .db import devices, writing
 from .devices import authenticate
 from .state import SyncState
@@ -160,6 +160,24 @@ def _heartbeat_fields(body: dict[str, Any]) -> dict[str, Any]:
             raise protocol.ProtocolError("clock must be a unix time")
         out["hb_clock"] = float(clock)
     return out
+
+
+@bp.post("/corrections/withdraw")
+def post_withdrawals() -> Response:
+    """Withdraw corrections this device sent (undone on the device); each item's outcome."""
+    try:
+        body = _json_object()
+    except protocol.ProtocolError as exc:
+        return error_response(exc.code, exc.message)
+    items = body.get("withdrawals")
+    if not isinstance(items, list) or not items:
+        return error_response("invalid_message", "withdrawals must be a non-empty list")
+    limit = state().config.max_batch
+    if len(items) > limit:
+        return error_response(
+            "too_large", f"a batch holds at most {limit} withdrawals, got {len(items)}", 413
+        )
+    return jsonify({"results": withdraw(state().engine, g.device.id, items)})
 
 
 @bp.post("/heartbeat")

@@ -30,6 +30,7 @@ from .db import corrections, devices, reading, writing
 IMAGE_FLOATS = 28 * 28
 MAX_EMBEDDING = 4096  # floats in an embedding
 MAX_TEXT = 64  # characters of a model name, version or predicted label
+KINDS = ("correction", "confirmation")
 _NUMBERS = frozenset((int, float))
 _LISTS = frozenset((list,))
 
@@ -172,6 +173,11 @@ def check_item(item: object) -> Checked:
         if not math.isfinite(float(total)):  # NaN or infinity anywhere (float64 cannot overflow)
             raise Rejected("invalid_field", "embedding values must be finite")
     embedding_version = _text(item, "embedding_version", item.get("embedding_version"))
+    kind = item.get("kind", "correction")
+    if kind not in KINDS:
+        raise Rejected("invalid_field", "kind must be 'correction' or 'confirmation'")
+    if kind == "confirmation" and label != predicted:
+        raise Rejected("invalid_label", "a confirmation's label is the model's prediction")
     # The content is everything but ``updated``, in a fixed order (arrays by their sha256).
     content = [
         cid,
@@ -187,6 +193,8 @@ def check_item(item: object) -> Checked:
         None if embedding is None else hashlib.sha256(embedding).hexdigest(),
         embedding_version,
     ]
+    if kind != "correction":  # so items sent before kinds existed keep their digest
+        content.append(kind)
     digest = hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()
     row = {
         "uuid": cid,
@@ -203,6 +211,7 @@ def check_item(item: object) -> Checked:
         "content_sha256": digest,
         "embedding": embedding,
         "embedding_version": embedding_version,
+        "kind": kind,
     }
     return Checked(cid, digest, row)
 
@@ -266,6 +275,74 @@ def merge(engine: Engine, device_id: int, items: list[object]) -> list[dict[str,
     return results
 
 
+WITHDRAWN_BY = ("pupil", "teacher")
+
+
+def withdraw(engine: Engine, device_id: int, items: list[object]) -> list[dict[str, Any]]:
+    """Mark a device's corrections withdrawn (an undo on the device); each item's outcome.
+
+    ``withdrawn`` (now marked, out of training and review), ``duplicate`` (already withdrawn),
+    ``unknown`` (no such correction of this device) or ``rejected`` (a malformed item). Nothing
+    is deleted: the correction stays, with when and by whom it was withdrawn.
+    """
+    outcomes: list[dict[str, Any] | None] = []
+    wanted: dict[str, tuple[float, str]] = {}
+    for item in items:
+        cid, when, by = (
+            (item.get(k) for k in ("id", "withdrawn", "by"))
+            if isinstance(item, dict)
+            else (None, None, None)
+        )
+        try:
+            ok_id = isinstance(cid, str) and str(uuid.UUID(cid)) == cid
+        except ValueError:
+            ok_id = False
+        if not ok_id or by not in WITHDRAWN_BY or type(when) not in _NUMBERS:
+            outcomes.append(_rejected_withdrawal())
+        elif not math.isfinite(when):
+            outcomes.append(_rejected_withdrawal())
+        else:
+            wanted[cid] = (float(when), by)
+            outcomes.append(None)
+    now = time.time()
+    with writing(engine) as conn:
+        known = {
+            r.uuid: r.withdrawn
+            for r in conn.execute(
+                select(corrections.c.uuid, corrections.c.withdrawn).where(
+                    corrections.c.uuid.in_(list(wanted)), corrections.c.device_id == device_id
+                )
+            )
+        }
+        fresh = [cid for cid in wanted if cid in known and known[cid] is None]
+        for cid in fresh:
+            when, by = wanted[cid]
+            conn.execute(
+                corrections.update()
+                .where(corrections.c.uuid == cid, corrections.c.withdrawn.is_(None))
+                .values(withdrawn=when, withdrawn_by=by, withdrawal_received=now)
+            )
+    results = []
+    for item, outcome in zip(items, outcomes, strict=True):
+        cid = _id_of(item)
+        if outcome is None:
+            status = "unknown" if cid not in known else "withdrawn" if cid in fresh else "duplicate"
+            outcome = {"status": status}
+        results.append({"id": cid, **outcome})
+    return results
+
+
+def _rejected_withdrawal() -> dict[str, Any]:
+    return {
+        "status": "rejected",
+        "error": {
+            "code": "invalid_message",
+            "message": 'a withdrawal is {"id": <uuid>, "withdrawn": <unix time>, "by": '
+            '"pupil"|"teacher"}',
+        },
+    }
+
+
 def summary(engine: Engine) -> dict[str, Any]:
     """Devices registered and distinct corrections stored per mode."""
     with reading(engine) as conn:
@@ -281,4 +358,4 @@ def summary(engine: Engine) -> dict[str, Any]:
     }
 
 
-__all__ = ["Checked", "Rejected", "check_item", "merge", "summary"]
+__all__ = ["Checked", "Rejected", "check_item", "merge", "summary", "withdraw"]

@@ -79,6 +79,11 @@ corrections = Table(
     Column("content_sha256", String(64), nullable=False),
     Column("embedding", LargeBinary, nullable=True),
     Column("embedding_version", String(64), nullable=True),
+    # "correction", or "confirmation": the pupil said the model was right (label == predicted).
+    Column("kind", String(16), nullable=False, server_default="correction"),
+    Column("withdrawn", Float, nullable=True),  # when the device withdrew it (an undo)
+    Column("withdrawn_by", String(16), nullable=True),  # "pupil" or "teacher"
+    Column("withdrawal_received", Float, nullable=True),
     Index("ix_corrections_mode", "mode"),
     Index("ix_corrections_device", "device_id"),
 )

@@ -379,9 +379,12 @@ def pending_count(engine: Engine, mode: str, version: str) -> int:
 
 
 # -- the training set -------------------------------------------------------------------------
-IN_TRAINING = or_(
-    assessments.c.review == "approved",
-    and_(assessments.c.review.is_(None), assessments.c.status == "accepted"),
+IN_TRAINING = and_(
+    corrections.c.withdrawn.is_(None),  # undone on its device: kept, never trained on
+    or_(
+        assessments.c.review == "approved",
+        and_(assessments.c.review.is_(None), assessments.c.status == "accepted"),
+    ),
 )
 
 

@@ -336,6 +336,23 @@ def test_items_follow_the_contract_and_only_stored_or_duplicate_are_marked_synce
     assert client.status()["rejected"] == 1 and client.status()["conflicts"] == 1
 
 
+def test_a_server_without_the_withdraw_route_keeps_withdrawals_waiting_and_blocks_nothing(
+    tmp_path, server, stores
+):
+    first = correction(1)
+    stores["digit"].add(first)
+    client = make_client(tmp_path, server.url, stores)
+    client.step()
+    assert stores["digit"].withdraw(first.id, "pupil")  # synced, then undone on the device
+    late = correction(2)
+    stores["digit"].add(late)
+    client.step()
+    client.step()
+    assert client.status()["state"] == "online"  # the 404 of the route is not "offline"
+    assert late.id in server.sent_ids()
+    assert [w.id for w in stores["digit"].pending_withdrawals()] == [first.id]
+
+
 def test_an_answer_lost_after_the_server_stored_the_batch_is_sent_again_as_duplicate(
     tmp_path, server, stores
 ):

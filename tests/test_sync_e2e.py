@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ import requests
 import websocket
 
 from hwrcore.manifest import load_manifest
+from sync_server.db import open_database
+from sync_server.merge import Policy, training_set
 from tests.fault_proxy import FaultProxy, Faults
 from tests.models import require_models
 from tests.sync_harness import (
@@ -263,3 +266,52 @@ def test_a_published_model_reaches_every_device_within_five_seconds_and_rolls_ba
         changes = [b for a, b in zip(versions, versions[1:], strict=False) if a != b]
         assert changes == ["9.0.0", old], changes
     assert took <= 5.0, f"publish to every device took {took:.2f} s"
+
+
+# -- confirmations and withdrawals ----------------------------------------------------------
+def _server_rows(data: Path) -> dict[str, tuple]:
+    """uuid -> (kind, withdrawn, withdrawn_by) as the server's database holds them."""
+    db = sqlite3.connect(f"file:{data / 'sync.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        q = "SELECT uuid, kind, withdrawn, withdrawn_by FROM corrections"
+        return {r[0]: r[1:] for r in db.execute(q)}
+    finally:
+        db.close()
+
+
+def test_a_confirmation_and_an_undo_reach_the_server_and_the_undo_leaves_training(school):
+    server = school.serve()
+    edge = school.start_edges(server.url)[0]
+    kept = edge.correct("digit", "7")
+    undone = edge.correct("digit", "7")  # one the school would train on, were it not undone
+    pred = requests.post(
+        edge.url + "/api/predict", json={"mode": "digit", "strokes": STROKES["digit"]}, timeout=10
+    ).json()
+    confirmed = requests.post(
+        edge.url + "/api/confirm", json={"id": pred["id"], "label": pred["label"]}, timeout=10
+    ).json()["correction_id"]
+    wait_for(lambda: edge.health()["pending"] == 0, 30, "the corrections to sync")
+    rows = _server_rows(school.data)
+    assert rows[confirmed][0] == "confirmation" and rows[kept][0] == "correction"
+    assert rows[undone][1] is None
+
+    r = requests.post(
+        edge.url + "/api/withdraw", json={"correction_id": undone, "by": "teacher"}, timeout=10
+    )
+    assert r.status_code == 200 and r.json()["withdrawn"] is True
+    wait_for(
+        lambda: _server_rows(school.data)[undone][2] == "teacher", 30, "the withdrawal to sync"
+    )
+    wait_for(
+        lambda: edge.health()["corrections"]["digit"].get("pending_withdrawals", 0) == 0,
+        30,
+        "the device to record the server's answer",
+    )
+    rows = _server_rows(school.data)
+    assert rows[undone][1] > 0 and rows[kept][1] is None and len(rows) == 3  # nothing deleted
+    engine = open_database(f"sqlite:///{school.data / 'sync.db'}")
+    try:
+        wait_for(lambda: kept in training_set(engine, "digit", Policy()).uuids, 60, "scoring")
+        assert undone not in training_set(engine, "digit", Policy()).uuids
+    finally:
+        engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def test_migrations_apply_and_are_idempotent(app):
     names = set(inspect(engine).get_table_names())
     assert {"devices", "corrections", "models", "releases", "alembic_version"} <= names
     with db.reading(engine) as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
 
 
 def test_corrections_are_stored_once_and_replays_are_duplicates(app, client):
@@ -429,3 +430,66 @@ def test_signing_key_is_made_0600_kept_and_refused_when_loose(tmp_path):
     key_path(tmp_path).chmod(0o640)
     with pytest.raises(SigningKeyError, match="0640"):
         load_or_create_key(tmp_path)
+
+
+# -- confirmations and withdrawals ------------------------------------------------------------
+def test_a_confirmation_is_stored_as_such_and_its_kind_is_part_of_its_content(app, client):
+    h = device(app)
+    confirmation = item(kind="confirmation", label="7", predicted="7")
+    statuses, _ = post(client, h, [confirmation, item()])
+    assert statuses == ["stored", "stored"]
+    assert post(client, h, [confirmation])[0] == ["duplicate"]
+    assert post(client, h, [{**confirmation, "kind": "correction"}])[0] == ["conflict"]
+    kinds = {r.uuid: r.kind for r in stored_rows(app)}
+    assert kinds[confirmation["id"]] == "confirmation" and sorted(kinds.values()) == [
+        "confirmation",
+        "correction",
+    ]
+    statuses, results = post(
+        client, h, [item(kind="confirmation", label="7", predicted="1"), item(kind="other")]
+    )
+    assert statuses == ["rejected", "rejected"]
+    assert [r["error"]["code"] for r in results] == ["invalid_label", "invalid_field"]
+
+
+def test_withdrawals_mark_a_devices_own_corrections_and_a_replay_changes_nothing(app, client):
+    h, other = device(app), device(app, "room-2")
+    mine, theirs = item(), item()
+    post(client, h, [mine])
+    post(client, other, [theirs])
+
+    def withdraw(headers, *items):
+        r = client.post(
+            "/api/v1/corrections/withdraw", json={"withdrawals": list(items)}, headers=headers
+        )
+        return r.status_code, r.json
+
+    now = time.time()
+    status, body = withdraw(
+        h,
+        {"id": mine["id"], "withdrawn": now, "by": "pupil"},
+        {"id": theirs["id"], "withdrawn": now, "by": "pupil"},  # another device's
+        {"id": str(uuid.uuid4()), "withdrawn": now, "by": "teacher"},  # never sent
+        {"id": mine["id"], "withdrawn": now, "by": "somebody"},
+        "not an object",
+    )
+    assert status == 200
+    assert [r["status"] for r in body["results"]] == [
+        "withdrawn",
+        "unknown",
+        "unknown",
+        "rejected",
+        "rejected",
+    ]
+    rows = {r.uuid: r for r in stored_rows(app)}
+    assert rows[mine["id"]].withdrawn == pytest.approx(now) and rows[mine["id"]].withdrawn_by == (
+        "pupil"
+    )
+    assert rows[theirs["id"]].withdrawn is None and len(rows) == 2  # nothing deleted
+    again = withdraw(h, {"id": mine["id"], "withdrawn": now + 5, "by": "teacher"})[1]
+    assert [r["status"] for r in again["results"]] == ["duplicate"]
+    assert {r.uuid: r for r in stored_rows(app)}[mine["id"]].withdrawn_by == "pupil"
+    assert withdraw(h)[0] == 400
+    assert withdraw({"Authorization": "Bearer wrong"}, {"id": mine["id"]})[0] == 401
+    many = [{"id": str(uuid.uuid4()), "withdrawn": now, "by": "pupil"}] * 101
+    assert withdraw(h, *many)[0] == 413
