@@ -76,7 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=5)
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--keep", action="store_true", help="keep the server's data directory")
+    p.add_argument(
+        "--server",
+        action="store_true",
+        help="run the job in a real server's worker and time device heartbeats meanwhile",
+    )
     args = p.parse_args(argv)
+    if args.server:
+        return live(args)
     mode = "digit" if args.task == "digits" else "char"
     root = Path(tempfile.mkdtemp(prefix="hwr-bench-retrain-"))
     cfg = load_config(
@@ -152,6 +159,73 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return 0 if job["status"] == "published" else 1
+
+
+def live(args: argparse.Namespace) -> int:
+    """A real ``hwr-sync-server serve`` (and its worker): the job, and heartbeat latency during it."""
+    import requests
+
+    from tests.sync_harness import ADMIN_TOKEN, SyncServer, last_line, run_cli
+
+    mode = "digit" if args.task == "digits" else "char"
+    root = Path(tempfile.mkdtemp(prefix="hwr-bench-retrain-live-"))
+    data = root / "server"
+    tokens = [
+        last_line(run_cli("add-device", f"room-{d}", data_dir=data)) for d in range(args.devices)
+    ]
+    server = SyncServer(
+        data, env={"HWR_SYNC_BASE_DATA_DIR": args.data_dir, "HWR_SYNC_RETRAIN_AFTER": "0"}
+    )
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    try:
+        images, labels = school_images(args.task, Path(args.data_dir), args.corrections, seed=7)
+        now = time.time()
+        for d, token in enumerate(tokens):
+            items = [
+                {
+                    "id": str(uuid.uuid4()), "mode": mode, "label": lab,
+                    "image": base64.b64encode(im.astype("<f4").tobytes()).decode(),
+                    "strokes": None, "predicted": None, "confidence": None, "model": None,
+                    "created": now, "updated": now,
+                }
+                for im, lab in zip(images[d :: args.devices], labels[d :: args.devices], strict=True)
+            ]  # fmt: skip
+            for k in range(0, len(items), 100):
+                requests.post(
+                    server.url + "/api/v1/corrections", json={"corrections": items[k : k + 100]},
+                    headers={"Authorization": f"Bearer {token}"}, timeout=30,
+                ).raise_for_status()  # fmt: skip
+        t0 = time.monotonic()
+        job = requests.post(
+            server.url + "/api/v1/admin/retrain", json={"name": args.task, "by": "bench"},
+            headers=admin, timeout=30,
+        ).json()  # fmt: skip
+        hb = {"Authorization": f"Bearer {tokens[0]}"}
+        times: list[float] = []
+        while True:
+            t = time.perf_counter()
+            requests.post(
+                server.url + "/api/v1/heartbeat", json={"pending": 0}, headers=hb, timeout=30
+            )
+            times.append((time.perf_counter() - t) * 1000)
+            j = requests.get(
+                f"{server.url}/api/v1/admin/jobs/{job['id']}", headers=admin, timeout=30
+            ).json()
+            if j["status"] in ("published", "refused", "failed"):
+                break
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        ms = np.sort(np.asarray(times))
+        print(
+            f"{args.task}: job {j['status']} {j['version'] or ''} in {took:.0f} s through the worker; "
+            f"{len(ms)} device heartbeats meanwhile: p50 {np.percentile(ms, 50):.1f} ms, "
+            f"p99 {np.percentile(ms, 99):.1f} ms, max {ms[-1]:.1f} ms"
+        )
+    finally:
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
