@@ -320,6 +320,7 @@ def fine_tune(
         init_from=str(parent_weights),
     )
     tf, keras = setup_tf(cfg)
+    tf.config.experimental.enable_op_determinism()  # the same job makes the same model
     if parent_weights.is_file():
         model = keras.models.load_model(parent_weights, compile=False)
     else:
