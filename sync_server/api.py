@@ -101,21 +101,29 @@ def _json_object() -> dict[str, Any]:
     return protocol.require_object(body)
 
 
-@bp.post("/corrections")
-def post_corrections() -> Response:
-    """Merge a batch of corrections; each item's outcome, committed before the answer."""
+def _batch(key: str) -> list[Any] | Response:
+    """The request's list under ``key`` (1 to max_batch items), or the error to answer."""
     try:
         body = _json_object()
     except protocol.ProtocolError as exc:
         return error_response(exc.code, exc.message)
-    items = body.get("corrections")
+    items = body.get(key)
     if not isinstance(items, list) or not items:
-        return error_response("invalid_message", "corrections must be a non-empty list")
+        return error_response("invalid_message", f"{key} must be a non-empty list")
     limit = state().config.max_batch
     if len(items) > limit:
         return error_response(
-            "too_large", f"a batch holds at most {limit} corrections, got {len(items)}", 413
+            "too_large", f"a batch holds at most {limit} {key}, got {len(items)}", 413
         )
+    return items
+
+
+@bp.post("/corrections")
+def post_corrections() -> Response:
+    """Merge a batch of corrections; each item's outcome, committed before the answer."""
+    items = _batch("corrections")
+    if isinstance(items, Response):
+        return items
     results = merge(state().engine, g.device.id, items)
     queue = state().jobs
     if queue is not None:  # the worker scores what was stored, off this request's path
@@ -165,18 +173,9 @@ def _heartbeat_fields(body: dict[str, Any]) -> dict[str, Any]:
 @bp.post("/corrections/withdraw")
 def post_withdrawals() -> Response:
     """Withdraw corrections this device sent (undone on the device); each item's outcome."""
-    try:
-        body = _json_object()
-    except protocol.ProtocolError as exc:
-        return error_response(exc.code, exc.message)
-    items = body.get("withdrawals")
-    if not isinstance(items, list) or not items:
-        return error_response("invalid_message", "withdrawals must be a non-empty list")
-    limit = state().config.max_batch
-    if len(items) > limit:
-        return error_response(
-            "too_large", f"a batch holds at most {limit} withdrawals, got {len(items)}", 413
-        )
+    items = _batch("withdrawals")
+    if isinstance(items, Response):
+        return items
     return jsonify({"results": withdraw(state().engine, g.device.id, items)})
 
 
