@@ -912,7 +912,9 @@ class CorrectionStore:
                 f"{rec.rows_lost} snapshot rows failed their checksum and could not be repaired"
             )
         damaged = rec.skipped > 0 or rec.lost_records > 0 or rec.bad_rows > 0
-        must_compact = rec.source != "snapshot" or damaged
+        # Records replayed from the previous journal (a compaction cut short between its renames)
+        # are in no snapshot yet and would be lost with that journal at the next compaction.
+        must_compact = rec.source != "snapshot" or damaged or rec.replayed > rec.live_records
         created = not self._journal.exists()
         self._jfd = os.open(self._journal, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         self._hfd = os.open(self._head, os.O_RDWR | os.O_CREAT, 0o644)
