@@ -20,6 +20,7 @@ from flask import Flask
 from hwrcore.tunnel import (
     Tunnel,
     TunnelRefused,
+    options_from_settings,
     read_auth_token,
     require_authentication,
     start_tunnel,
@@ -35,21 +36,9 @@ WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
 WHAT = "the edge viewer (no viewer_token is set)"
 
 
-def _list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def tunnel_options(config: EdgeConfig) -> dict[str, Any]:
     """The Tunnel's options from the settings: agent path, region, ngrok-enforced protection."""
-    return {
-        "ngrok_path": config.ngrok_path or None,
-        "region": config.ngrok_region or None,
-        "basic_auth": _list(config.tunnel_basic_auth),
-        "oauth_provider": config.tunnel_oauth_provider or None,
-        "allow_emails": _list(config.tunnel_allow_emails),
-        "ip_allow": _list(config.tunnel_ip_allow),
-        "timeout": config.tunnel_timeout,
-    }
+    return options_from_settings(config)
 
 
 def check_tunnel(config: EdgeConfig) -> None:

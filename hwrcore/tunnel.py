@@ -46,6 +46,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from hwrcore.errors import HwrError
 
@@ -614,3 +615,22 @@ def start_tunnel(
     require_authentication(protected, what)
     token = read_auth_token(token_file, environ)
     return Tunnel(local_port, auth_token=token, **options).start()
+
+
+def options_from_settings(settings: Any) -> dict[str, Any]:
+    """:func:`start_tunnel`'s options from a component's settings (``ngrok_path``,
+    ``ngrok_region``, ``tunnel_basic_auth``... as EdgeConfig and SyncConfig name them; the
+    lists comma-separated)."""
+
+    def split(text: str) -> list[str]:
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    return {
+        "ngrok_path": settings.ngrok_path or None,
+        "region": settings.ngrok_region or None,
+        "basic_auth": split(settings.tunnel_basic_auth),
+        "oauth_provider": settings.tunnel_oauth_provider or None,
+        "allow_emails": split(settings.tunnel_allow_emails),
+        "ip_allow": split(settings.tunnel_ip_allow),
+        "timeout": settings.tunnel_timeout,
+    }
