@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hwrcore import assets
-from hwrcore.settings import ConfigError, Layers
+from hwrcore.settings import ConfigError, Layers, user_data_dir
 
 ENV_PREFIX = "HWR_EDGE_"
 # Settings never written to the log or a flag.
@@ -25,8 +25,7 @@ MIN_VIEWER_TOKEN_CHARS = 16
 
 def default_data_dir() -> Path:
     """Per-user data directory: $XDG_DATA_HOME/hwr-edge, else ~/.local/share/hwr-edge."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "hwr-edge"
+    return user_data_dir("hwr-edge")
 
 
 def default_models_dir() -> Path:

@@ -24,6 +24,12 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
+def user_data_dir(name: str) -> Path:
+    """A component's per-user data directory: $XDG_DATA_HOME/<name>, else ~/.local/share/<name>."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / name
+
+
 class ConfigError(HwrError):
     """A configuration value or key that cannot be used."""
 
@@ -125,4 +131,4 @@ class Layers(Generic[T]):
         return self.cls(**merged)
 
 
-__all__ = ["ConfigError", "Layers"]
+__all__ = ["ConfigError", "Layers", "user_data_dir"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hwrcore import assets
-from hwrcore.settings import ConfigError, Layers
+from hwrcore.settings import ConfigError, Layers, user_data_dir
 
 ENV_PREFIX = "HWR_SYNC_"
 ADMIN_TOKEN_ENV = "HWR_SYNC_ADMIN_TOKEN"
@@ -26,8 +26,7 @@ SECRET_FIELDS = ("admin_token", "tunnel_basic_auth")
 
 def default_data_dir() -> Path:
     """Per-user data directory: $XDG_DATA_HOME/hwr-sync, else ~/.local/share/hwr-sync."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "hwr-sync"
+    return user_data_dir("hwr-sync")
 
 
 def default_models_dir() -> Path:
