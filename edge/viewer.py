@@ -72,7 +72,7 @@ from .api import error_response, read_body
 from .config import EdgeConfig
 from .guard import _name_of, allowed_hosts
 from .ws import EXTENSION as SOCKETS
-from .ws import RateLimit, _handshake_error, _Upgraded
+from .ws import RateLimit, _handshake_error, _Upgraded, finish
 
 log = logging.getLogger(__name__)
 
@@ -705,10 +705,7 @@ def ws() -> Response:
             except (ConnectionClosed, OSError):
                 pass
             finally:
-                try:
-                    sock.close()
-                except Exception:
-                    pass
+                finish(sock)
             return _Upgraded(sock.mode)
         finally:
             hub.leave(viewer)

@@ -135,6 +135,36 @@ def client_error(exc: BaseException) -> Refusal:
     return (500, "internal", "the server failed to answer; it was logged")
 
 
+class Poller(selectors.DefaultSelector):
+    """The worker's selector, which survives a socket closed behind its back.
+
+    A socket closed by another thread while registered leaves its entry behind (the kernel
+    forgets it, the selector does not), and the next connection given the same descriptor could
+    not be registered: the worker would end, and every pupil's socket with it. The stale entry of
+    a closed socket is dropped instead, and ``warn`` is told.
+    """
+
+    def __init__(self, warn: Callable[..., None]):
+        super().__init__()
+        self._warn = warn
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        try:
+            return super().register(fileobj, events, data)
+        except KeyError:
+            fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+            stale = self.get_map().get(fd)
+            if stale is None or stale.fileobj is fileobj or _is_open(stale.fileobj):
+                raise
+            self._warn("dropped the stale event-loop entry of a closed socket (descriptor %d)", fd)
+            super().unregister(fd)
+            return super().register(fileobj, events, data)
+
+
+def _is_open(fileobj: Any) -> bool:
+    return isinstance(fileobj, int) or fileobj.fileno() >= 0
+
+
 class EdgeConn(TConn):
     """A connection with the bytes read for its next request and when it must be complete."""
 
@@ -183,6 +213,8 @@ class EdgeWorker(ThreadWorker):
         self.lingering: dict[socket.socket, float] = {}
         self.clients: Counter[str] = Counter()
         self.buffered = 0
+        self.poller.close()
+        self.poller = Poller(self.log.warning)
         super().run()
 
     # -- accepting and reading -----------------------------------------------------------
@@ -204,7 +236,13 @@ class EdgeWorker(ThreadWorker):
         conn = EdgeConn(
             self.cfg, sock, addr, listener.getsockname(), self._forget, self._linger_conn
         )
-        self._read(conn, self.request_timeout)
+        try:
+            self._read(conn, self.request_timeout)
+        except Exception:  # one connection never ends the worker (and every other socket)
+            self.log.exception("could not take a connection from %s", peer)
+            self.reading.pop(conn, None)
+            self.nr_conns -= 1
+            conn.close()
 
     def _forget(self, conn: EdgeConn) -> None:
         self.clients[conn.peer] -= 1
@@ -361,4 +399,4 @@ class EdgeWorker(ThreadWorker):
             self.log.debug("could not send the error answer")
 
 
-__all__ = ["EdgeWorker", "client_error", "error_bytes", "request_state"]
+__all__ = ["EdgeWorker", "Poller", "client_error", "error_bytes", "request_state"]

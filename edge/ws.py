@@ -23,6 +23,7 @@ import base64
 import binascii
 import json
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # How often a quiet session looks up to see whether the server is shutting down.
 POLL_S = 1.0
+# How long a closed socket waits for simple-websocket's reading thread to stop (twice at most).
+CLOSE_WAIT_S = 1.0
 WS_VERSION = "13"
 EXTENSION = "hwr_sockets"
 
@@ -144,6 +147,27 @@ def _close(ws: Any, code: int, reason: str) -> None:
             pass
 
 
+def finish(ws: Server) -> None:
+    """Close ``ws`` and wait until simple-websocket's reading thread has stopped.
+
+    That thread closes the socket itself when it stops. The route must not hand the connection
+    back to the worker before: a socket closed behind the worker's back, once the worker holds it
+    in its event loop again, leaves a stale entry there for the next connection with its number.
+    A client that does not answer the close within CLOSE_WAIT_S has its reads shut down.
+    """
+    try:
+        ws.close()
+    except Exception:  # already closed by either side
+        pass
+    ws.thread.join(CLOSE_WAIT_S)
+    if ws.thread.is_alive():
+        try:
+            ws.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        ws.thread.join(CLOSE_WAIT_S)
+
+
 class SocketSlots:
     """Open WebSockets, at most ``total`` and ``per_client`` of them (each holds a thread)."""
 
@@ -228,10 +252,7 @@ def ws_route() -> Response:
         try:
             session(ws, app.extensions["hwr"], app.config["HWR_CONFIG"])
         finally:
-            try:
-                ws.close()
-            except Exception:  # already closed by either side
-                pass
+            finish(ws)
         return _Upgraded(ws.mode)
     finally:
         slots.give_back(client)
