@@ -43,8 +43,9 @@ def test_a_socket_closed_while_registered_does_not_block_the_next_with_its_numbe
         try:
             key = poller.register(new, selectors.EVENT_READ, "new")
             assert key.fileobj is new and poller.get_map()[fd].data == "new"
-            assert warnings == [f"dropped the stale event-loop entry of a closed socket "
-                                f"(descriptor {fd})"]
+            assert warnings == [
+                f"dropped the stale event-loop entry of a closed socket (descriptor {fd})"
+            ]
             with pytest.raises(KeyError):  # registering an open socket twice is still a bug
                 poller.register(new, selectors.EVENT_READ, "again")
             with pytest.raises(ValueError):  # the closed one is no longer known
