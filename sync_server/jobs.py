@@ -21,6 +21,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -360,9 +361,10 @@ def set_worker_context(ctx: WorkerContext | None) -> None:
 class WorkerContext:
     """What the worker's tasks share: the state, one classifier per model version, locks."""
 
-    def __init__(self, state: SyncState):
+    def __init__(self, state: SyncState, clock: Callable[[], float] = time.time):
         self.state = state
         self.config = state.config
+        self.clock = clock  # wall-clock seconds, for the automatic retrain's interval
         self._scorers: dict[tuple[str, str], Any] = {}
         self._score_locks = {mode: threading.Lock() for mode in LABEL_SETS}
         self._train_lock = threading.Lock()
@@ -419,7 +421,7 @@ class WorkerContext:
         if first is None:
             return None
         since = last[0]["requested"] if last else 0.0
-        if time.time() - max(since, first) < cfg.retrain_min_interval:
+        if self.clock() - max(since, first) < cfg.retrain_min_interval:
             return None
         if merge.accepted_count(self.state.engine, mode, since) < cfg.retrain_after:
             return None

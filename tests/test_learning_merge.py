@@ -8,6 +8,7 @@ known in advance; bench/quarantine.py measures the same policy with the real mod
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 
@@ -293,6 +294,44 @@ def test_a_second_retrain_request_joins_the_first_and_a_stale_job_fails(app):
     assert not third["joined"] and third["id"] != first["id"]
     dead = jobs.get_job(s.engine, first["id"])
     assert dead["status"] == "failed" and "worker stopped" in dead["reason"]
+
+
+def test_accepted_corrections_start_a_retrain_after_n_at_most_once_an_interval(app):
+    s = st(app)
+    now = [time.time()]
+    ctx = jobs.WorkerContext(s, clock=lambda: now[0])
+    ctx.config = dataclasses.replace(s.config, retrain_after=3, retrain_min_interval=3600.0)
+    client = app.test_client()
+    t = add_device(s.engine, "room-1")
+
+    def accepted(n: int) -> None:
+        store(client, t, [item(label="1", image=img(1)) for _ in range(n)])
+        score(app)
+
+    accepted(3)
+    assert ctx.maybe_retrain("digit", "digits") is None  # the first correction is too recent
+    now[0] += 3601
+    job = ctx.maybe_retrain("digit", "digits")
+    assert job is not None and not job["joined"] and s.jobs.retrains == [job["id"]]
+    assert jobs.get_job(s.engine, job["id"])["trigger"] == "auto"
+    assert ctx.maybe_retrain("digit", "digits") is None  # one job at a time
+    jobs.finish(s.engine, job["id"], "refused", "held-out accuracy did not rise")
+    accepted(2)
+    now[0] += 7200
+    assert ctx.maybe_retrain("digit", "digits") is None  # 2 new since the last job, not 3
+    accepted(1)
+    now[0] = jobs.get_job(s.engine, job["id"])["requested"] + 1800
+    assert ctx.maybe_retrain("digit", "digits") is None  # 3 new, but within the interval
+    now[0] += 1801
+    second = ctx.maybe_retrain("digit", "digits")
+    assert second is not None and second["id"] != job["id"]
+    assert ctx.maybe_retrain("char", "characters") is None  # no letters corrected
+    ctx.config = dataclasses.replace(ctx.config, retrain_after=0)
+    jobs.finish(s.engine, second["id"], "refused", "held-out accuracy did not rise")
+    accepted(5)
+    now[0] += 7200
+    assert ctx.maybe_retrain("digit", "digits") is None  # 0: never automatically
+    assert s.jobs.retrains == [job["id"], second["id"]]
 
 
 def test_snapshots_are_content_addressed_and_split_by_device(app, tmp_path):
