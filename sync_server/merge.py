@@ -447,8 +447,12 @@ def accepted_count(engine: Engine, mode: str, since: float = 0.0) -> int:
 def _status_filter(status: str):  # type: ignore[no-untyped-def]
     if status not in STATUSES:
         raise MergeError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-    if status == "open":
-        return and_(assessments.c.status == "quarantined", assessments.c.review.is_(None))
+    if status == "open":  # a correction its device withdrew needs no decision
+        return and_(
+            assessments.c.status == "quarantined",
+            assessments.c.review.is_(None),
+            corrections.c.withdrawn.is_(None),
+        )
     if status == "all":
         return or_(assessments.c.status == "quarantined", assessments.c.review.is_not(None))
     return assessments.c.review == status
@@ -472,11 +476,13 @@ def quarantine(
 ) -> list[dict[str, Any]]:
     """Quarantined (or reviewed) corrections, newest first.
 
-    ``status``: "open" (quarantined, not yet reviewed), "approved", "rejected" or "all". Each
+    ``status``: "open" (quarantined, not yet reviewed, not withdrawn by its device),
+    "approved", "rejected" or "all". Each
     item: ``{"id", "device", "device_id", "mode", "label", "predicted", "confidence" (what the
     device's model said), "model_label", "model_confidence", "model_version" (the server's
     current model), "neighbour_label", "neighbour_share", "support_devices", "vote", "status",
-    "reason", "review", "reviewed_by", "reviewed_at", "received", "image_png" (bytes: the
+    "reason", "review", "reviewed_by", "reviewed_at", "received", "withdrawn", "withdrawn_by"
+    (when and by whom its device withdrew it, or None), "image_png" (bytes: the
     28x28 model input as PNG)}``.
     """
     q = (
@@ -488,6 +494,8 @@ def quarantine(
             corrections.c.confidence,
             corrections.c.received,
             corrections.c.image,
+            corrections.c.withdrawn,
+            corrections.c.withdrawn_by,
             devices.c.name.label("device"),
         )
         .select_from(
@@ -524,6 +532,8 @@ def quarantine(
             "reviewed_by": r.reviewed_by,
             "reviewed_at": r.reviewed_at,
             "received": r.received,
+            "withdrawn": r.withdrawn,
+            "withdrawn_by": r.withdrawn_by,
             "image_png": image_png(r.image),
         }
         for r in rows
@@ -534,7 +544,7 @@ def quarantine_count(engine: Engine, *, mode: str | None = None, status: str = "
     """How many items :func:`quarantine` would list without a limit."""
     q = (
         select(func.count())
-        .select_from(assessments)
+        .select_from(assessments.join(corrections, corrections.c.uuid == assessments.c.uuid))
         .where(_status_filter(status), _mode_filter(mode))
     )
     with reading(engine) as conn:

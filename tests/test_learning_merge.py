@@ -248,6 +248,30 @@ def test_flipped_labels_go_to_quarantine_and_the_review_is_recorded(app):
         assert conn.execute(select(db.corrections.c.uuid)).all().__len__() == 11
 
 
+def test_a_quarantined_correction_its_device_withdrew_leaves_the_open_review(app):
+    client = app.test_client()
+    tokens = [add_device(st(app).engine, f"room-{i}") for i in range(4)]
+    for t in tokens[:3]:
+        store(client, t, [item(label="3", image=img(3)) for _ in range(3)])
+    bad, other = item(label="8", image=img(3)), item(label="9", image=img(3))
+    store(client, tokens[3], [bad, other])
+    assert score(app) == {"accepted": 9, "quarantined": 2}
+    assert merge.quarantine_count(st(app).engine, mode="digit") == 2
+    r = client.post(
+        "/api/v1/corrections/withdraw",
+        json={"withdrawals": [{"id": bad["id"], "withdrawn": time.time(), "by": "teacher"}]},
+        headers={"Authorization": f"Bearer {tokens[3]}"},
+    )
+    assert r.status_code == 200, r.json
+    open_ = merge.quarantine(st(app).engine, mode="digit")
+    assert [i["id"] for i in open_] == [other["id"]] and open_[0]["withdrawn"] is None
+    assert merge.quarantine_count(st(app).engine, mode="digit") == 1
+    every = {i["id"]: i for i in merge.quarantine(st(app).engine, status="all")}
+    assert set(every) == {bad["id"], other["id"]}  # the history keeps it, marked
+    assert every[bad["id"]]["withdrawn_by"] == "teacher" and every[bad["id"]]["withdrawn"] > 0
+    assert merge.quarantine_count(st(app).engine, status="all") == 2
+
+
 def test_device_agreement_counts_and_share(app):
     client = app.test_client()
     good = [add_device(st(app).engine, f"good-{i}") for i in range(3)]
