@@ -47,7 +47,7 @@ def device_stats(st: SyncState) -> dict[str, dict[str, Any]] | None:
     return {d["device"]: d for d in fn(st.engine)}
 
 
-QUARANTINE_TABS = ("open", "approved", "rejected")
+QUARANTINE_TABS = ("open", "approved", "rejected", "withdrawn")
 
 
 def quarantine(

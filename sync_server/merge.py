@@ -42,7 +42,7 @@ from .db import assessments, corrections, devices, reading, writing
 from .db import decisions as decisions_table
 
 DECISIONS = {"approve": "approved", "reject": "rejected"}
-STATUSES = ("open", "approved", "rejected", "all")
+STATUSES = ("open", "approved", "rejected", "withdrawn", "all")
 BUCKETS = {"hour": 3600, "day": 86400, "week": 7 * 86400}
 SCORE_CHUNK = 500  # corrections scored and written per transaction
 SIM_CHUNK = 1024  # rows of the similarity matrix computed at once
@@ -453,6 +453,12 @@ def _status_filter(status: str):  # type: ignore[no-untyped-def]
             assessments.c.review.is_(None),
             corrections.c.withdrawn.is_(None),
         )
+    if status == "withdrawn":  # held, then withdrawn by its device before anyone decided
+        return and_(
+            assessments.c.status == "quarantined",
+            assessments.c.review.is_(None),
+            corrections.c.withdrawn.is_not(None),
+        )
     if status == "all":
         return or_(assessments.c.status == "quarantined", assessments.c.review.is_not(None))
     return assessments.c.review == status
@@ -477,7 +483,7 @@ def quarantine(
     """Quarantined (or reviewed) corrections, newest first.
 
     ``status``: "open" (quarantined, not yet reviewed, not withdrawn by its device),
-    "approved", "rejected" or "all". Each
+    "approved", "rejected", "withdrawn" (quarantined, then withdrawn unreviewed) or "all". Each
     item: ``{"id", "device", "device_id", "mode", "label", "predicted", "confidence" (what the
     device's model said), "model_label", "model_confidence", "model_version" (the server's
     current model), "neighbour_label", "neighbour_share", "support_devices", "vote", "status",

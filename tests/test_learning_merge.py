@@ -26,6 +26,7 @@ from sync_server.retrain import gate
 from sync_server.snapshots import make_snapshot, read_snapshot, split_by_device, write_snapshot
 from tests.pg import pg_cluster  # noqa: F401  (the session's PostgreSQL cluster)
 from tests.sync_server_helpers import MODELS_DIR, item, new_version
+from tests.test_dashboard import sign_in
 
 ADMIN = "admin-secret-for-learning-tests"
 TABLES = "devices, corrections, models, releases, assessments, decisions, jobs, snapshots"
@@ -270,6 +271,13 @@ def test_a_quarantined_correction_its_device_withdrew_leaves_the_open_review(app
     assert set(every) == {bad["id"], other["id"]}  # the history keeps it, marked
     assert every[bad["id"]]["withdrawn_by"] == "teacher" and every[bad["id"]]["withdrawn"] > 0
     assert merge.quarantine_count(st(app).engine, status="all") == 2
+    assert [i["id"] for i in merge.quarantine(st(app).engine, status="withdrawn")] == [bad["id"]]
+    sign_in(client, token=ADMIN)  # the dashboard shows the same, the withdrawn one marked
+    waiting = client.get("/admin/quarantine").text
+    assert other["id"] in waiting and bad["id"] not in waiting
+    history = client.get("/admin/quarantine?show=withdrawn").text
+    assert bad["id"] in history and "withdrawn</span> by the teacher" in history
+    assert "approve-selected" not in history and "approve-one" not in history  # no decision
 
 
 def test_device_agreement_counts_and_share(app):
