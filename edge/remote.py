@@ -12,11 +12,13 @@ gate: requests for it reach the viewer's routes only.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask
 
+from hwrcore.leftover_agent import AGENT_PID_FILE
 from hwrcore.tunnel import (
     Tunnel,
     TunnelRefused,
@@ -103,6 +105,7 @@ def open_tunnel(app: Flask, config: EdgeConfig) -> EdgeTunnel:
         what=WHAT,
         token_file=config.ngrok_token_file or None,
         on_change=on_change,
+        pid_file=Path(config.data_dir) / AGENT_PID_FILE,
         **tunnel_options(config),
     )
     return EdgeTunnel(tunnel)

@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hwrcore import leftover_agent
 from hwrcore.errors import HwrError
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ class Tunnel:
         timeout: float = 15.0,
         download: bool = True,
         on_change: Callable[[Tunnel], None] | None = None,
+        pid_file: str | os.PathLike | None = None,
     ) -> None:
         if not auth_token or not auth_token.strip():
             raise TunnelRefused(f"ngrok tunnel refused: no auth token; set {TOKEN_ENV}")
@@ -291,6 +293,8 @@ class Tunnel:
         self.timeout = float(timeout)
         self.download = download
         self.on_change = on_change
+        # where the agent is recorded, so the next process stops it if this one is killed
+        self.pid_file = Path(pid_file) if pid_file is not None else None
         self._secrets = [self._token] + [c.partition(":")[2] for c in self._basic_auth]
         self._lock = threading.Lock()
         self._done = threading.Event()
@@ -301,6 +305,7 @@ class Tunnel:
         self._dir: str | None = None
         self._path: str | None = None
         self._pid: int | None = None
+        self._config_path: str | None = None
         self._ngrok_logs: deque = deque(maxlen=50)
         self._worker: threading.Thread | None = None
         self._proc = None  # the agent's Popen, from pyngrok's process table
@@ -435,13 +440,16 @@ class Tunnel:
             raise TunnelError(
                 f"{NOT_OPENED}: no ngrok agent at {path} (install it ahead; see the README)"
             )
+        if self.pid_file is not None:
+            leftover_agent.stop_leftover(self.pid_file)
         with _quiet_lock:
             if path in _open_paths:
                 raise TunnelError(f"{NOT_OPENED}: another tunnel already runs the agent at {path}")
             _open_paths.add(path)
             self._path, self._owned = path, True
-        self._dir = tempfile.mkdtemp(prefix="hwr-ngrok-")
+        self._dir = tempfile.mkdtemp(prefix=leftover_agent.CONFIG_DIR_PREFIX)
         config_path = os.path.join(self._dir, "ngrok.yml")
+        self._config_path = config_path
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             # JSON is YAML; a quoted string keeps any token character literal.
@@ -493,9 +501,15 @@ class Tunnel:
             return
         current = getattr(process, "_current_processes", {}).get(self._path)
         if current is not None:
+            first = self._pid is None
             self._ngrok_process = current
             self._pid = current.proc.pid
             self._proc = current.proc
+            if first and self.pid_file is not None and self._config_path is not None:
+                try:
+                    leftover_agent.record(self.pid_file, self._pid, self._config_path)
+                except OSError as e:
+                    log.warning("cannot record the ngrok agent in %s: %s", self.pid_file, e)
 
     def _watch(self) -> None:
         """Enforce the time bound: pyngrok's start-up loop blocks in readline on a silent agent."""
@@ -564,6 +578,8 @@ class Tunnel:
             if proc.stdout is not None and (monitor is None or not monitor.is_alive()):
                 proc.stdout.close()
         self._bounded(self._pyngrok_kill, 2.0)
+        if self.pid_file is not None and self._pid is not None:
+            leftover_agent.forget(self.pid_file, self._pid)
         with _quiet_lock:
             _open_paths.discard(self._path)
         self._owned = False

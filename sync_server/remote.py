@@ -25,6 +25,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 
+from hwrcore.leftover_agent import AGENT_PID_FILE
 from hwrcore.tunnel import (
     Tunnel,
     options_from_settings,
@@ -116,6 +117,7 @@ def open_tunnel(config: SyncConfig, port: int) -> Tunnel:
         what=WHAT,
         token_file=config.ngrok_token_file or None,
         on_change=on_change,
+        pid_file=Path(config.data_dir) / AGENT_PID_FILE,
         **tunnel_options(config),
     )
 

@@ -171,7 +171,10 @@ def make_handler(agent: Agent, mode: str) -> type[BaseHTTPRequestHandler]:
 
 
 def exit_when_orphaned() -> None:
-    """Stop when the process that started us is gone, so a crashed test leaves nothing behind."""
+    """Stop when the process that started us is gone, so a crashed test leaves nothing behind
+    (unless FAKE_NGROK_OUTLIVE_PARENT is set: the real agent keeps running, orphaned)."""
+    if os.environ.get("FAKE_NGROK_OUTLIVE_PARENT"):
+        return
     parent = os.getppid()
     while True:
         time.sleep(0.3)

@@ -369,3 +369,39 @@ def test_importing_the_module_does_not_import_pyngrok():
     code = "import sys, hwrcore.tunnel; print('pyngrok' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_leftover_agent_is_stopped_only_if_it_still_runs_with_its_config(tmp_path, caplog):
+    import subprocess
+
+    from hwrcore import leftover_agent
+
+    pid_file = tmp_path / "ngrok.pid"
+    folder = tmp_path / f"{leftover_agent.CONFIG_DIR_PREFIX}x"
+    folder.mkdir()
+    config = folder / "ngrok.yml"
+    config.write_text("agent: {}\n")
+    nap = [sys.executable, "-c", "import time; time.sleep(30)"]
+    mine = subprocess.Popen([*nap, "--config", str(config)])  # as an agent is started
+    other = subprocess.Popen(nap)  # the pid given to something else since
+    try:
+        leftover_agent.record(pid_file, other.pid, str(config))
+        assert oct(pid_file.stat().st_mode & 0o777) == "0o600"
+        assert leftover_agent.stop_leftover(pid_file) is None
+        assert other.poll() is None and not pid_file.exists()  # left alone
+        folder.mkdir()
+        leftover_agent.record(pid_file, mine.pid, str(config))
+        leftover_agent.forget(pid_file, other.pid)  # names another pid: kept
+        assert pid_file.exists()
+        with caplog.at_level(logging.WARNING):
+            assert leftover_agent.stop_leftover(pid_file) == mine.pid
+        assert mine.wait(5) == -9 and not folder.exists() and not pid_file.exists()
+        assert f"left running (pid {mine.pid})" in caplog.text
+        pid_file.write_text("not json")
+        assert leftover_agent.stop_leftover(pid_file) is None and not pid_file.exists()
+        assert "unreadable ngrok pid file" in caplog.text
+        assert leftover_agent.stop_leftover(pid_file) is None  # no file: nothing to do
+    finally:
+        for p in (mine, other):
+            p.kill()
+            p.wait()

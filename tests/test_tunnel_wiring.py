@@ -201,6 +201,43 @@ def test_shutdown_closes_the_tunnel_and_kills_the_agent(tmp_path):
     assert [e["method"] for e in agent.events("request")] == ["POST", "DELETE"]
 
 
+def test_a_killed_worker_s_agent_is_stopped_by_the_next_worker(tmp_path):
+    """A worker SIGKILLed (out of memory, say) cannot stop its agent: the worker gunicorn forks
+    in its place does, before it starts its own, so the account's agent session is free again
+    and the agent's private config (with the token) does not stay behind."""
+    edge_models()
+    agent = Agent(tmp_path / "agent")
+    env = {**agent.env(), "HWR_EDGE_VIEWER_TOKEN": VIEWER_TOKEN, "FAKE_NGROK_OUTLIVE_PARENT": "1"}
+    edge = Edge(
+        tmp_path / "data", "--config", str(edge_config(tmp_path, agent)), "--tunnel", env=env
+    )
+    first = second = None
+    try:
+        wait_for(lambda: edge.health()["tunnel"]["state"] == "open", 15, "no open tunnel")
+        (first,) = agent.events("start")
+        worker = [p for p in children(edge.proc.pid) if p != first["pid"]][0]
+        os.kill(worker, 9)
+        wait_for(lambda: len(agent.events("start")) == 2, 60, "no second agent started")
+        second = agent.events("start")[1]
+        assert not alive(first["pid"]), "the killed worker's agent still runs"
+        assert not Path(first["config_path"]).exists()
+        tunnel = wait_for(
+            lambda: (t := edge.health()["tunnel"])["state"] != "starting" and t, 15, "no tunnel"
+        )
+        assert tunnel["state"] == "open" and alive(second["pid"]), tunnel
+        edge.stop()
+        wait_for(lambda: not alive(second["pid"]), 5, "the ngrok agent outlived hwr-edge")
+        assert (
+            "stopped the ngrok agent a previous process left running" in edge.log_path.read_text()
+        )
+    finally:
+        edge.stop()
+        for started in (first, second):  # the fake agents stay orphaned like the real one
+            if started is not None and alive(started["pid"]):
+                os.kill(started["pid"], 9)
+    assert not (tmp_path / "data" / "ngrok.pid").exists()
+
+
 def run_edge(tmp_path: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(HWR_EDGE), "--port", "0", "--data-dir", str(tmp_path / "data"),
