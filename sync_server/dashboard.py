@@ -50,7 +50,7 @@ from hwrcore.assets import web_dir
 from hwrcore.errors import HwrError
 from hwrcore.labels import LABEL_SETS
 
-from . import auth, learning, plots, stats
+from . import auth, learning, plots, remote, stats
 from .api import error_response
 from .registry import RegistryError
 from .state import SyncState
@@ -238,6 +238,7 @@ def devices() -> str:
         totals={m: sum(n for _, n in by_class[m]) for m in by_class},
         waiting=None if waiting is None else waiting[1],
         last_job=recent[0] if recent else None,
+        tunnel=current_app.extensions[remote.EXTENSION].status(),
         day_plot=plots.timeline(
             {MODE_NAMES[m]: pts for m, pts in stats.corrections_by_day(st.engine, 14).items()},
             "corrections per day, last 14 days",

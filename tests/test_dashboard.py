@@ -4,9 +4,11 @@ sessions, CSRF, headers, escaping, and each page and action."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import stat
+import time
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
@@ -339,6 +341,23 @@ def test_devices_page_shows_heartbeats_and_escapes_what_devices_send(app, client
     assert "online" in row and "class-4b" in row and ">7<" in row
     row2 = re.search(r'<tr data-device="room-2">(.*?)</tr>', page, re.S).group(1)
     assert "offline" in row2 and "never" in row2
+
+
+def test_devices_page_says_whether_the_server_is_reachable_remotely(app, client):
+    signed_in(client)
+    card = re.compile(r'<li class="card" id="tunnel" data-state="(\w+)">(.*?)</li>', re.S)
+    state, text = card.search(client.get("/admin/").text).groups()
+    assert state == "off" and "no tunnel" in text
+    status = Path(app.config["HWR_CONFIG"].data_dir) / "tunnel.json"
+    url = "https://0123456789ab.ngrok-free.app"
+    status.write_text(json.dumps({"state": "open", "url": url, "error": None}))
+    state, text = card.search(client.get("/admin/").text).groups()
+    assert state == "open" and f'href="{url}/admin/"' in text
+    failed = "ngrok tunnel not opened: cannot reach the ngrok service (offline?)"
+    status.write_text(json.dumps({"state": "failed", "url": None, "error": failed}))
+    os.utime(status, ns=(time.time_ns() + 10**9,) * 2)  # a new mtime, as a rewrite has
+    state, text = card.search(client.get("/admin/").text).groups()
+    assert state == "failed" and failed in text and "href" not in text
 
 
 def test_corrections_page_counts_per_class_and_device(app, client):
