@@ -18,9 +18,7 @@ import os
 import re
 import secrets
 import stat
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,11 +27,13 @@ from pathlib import Path
 from flask import Flask, Request, request, session
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import Engine, func, select
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from hwrcore.errors import HwrError
 
 from .config import SyncConfig
+from .db import reading, signin_failures, writing
 
 SECRET_FILE = "admin_session.key"
 SESSIONS_DIR = "admin_sessions"
@@ -110,41 +110,41 @@ def clean_name(name: str | None) -> str | None:
 
 
 class SignInLimiter:
-    """Failed sign-ins in the last minute, per address and overall; over either, refuse a while."""
+    """Failed sign-ins in the last minute, per address and overall; over either, refuse a while.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    Counted in the database, so the limits hold for the server as a whole, whatever the number
+    of worker processes; a failure older than the window is deleted at the next one.
+    """
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
+        self.engine = engine
         self.clock = clock
-        self._by_addr: dict[str, deque[float]] = {}
-        self._all: deque[float] = deque()
-        self._lock = threading.Lock()
-
-    def _trim(self, q: deque[float], now: float) -> None:
-        while q and q[0] <= now - FAIL_WINDOW_S:
-            q.popleft()
 
     def wait(self, addr: str) -> float:
         """Seconds until ``addr`` may try again (0.0: now)."""
         now = self.clock()
-        with self._lock:
-            q = self._by_addr.get(addr, deque())
-            self._trim(q, now)
-            self._trim(self._all, now)
-            waits = [0.0]
-            if len(q) >= FAILS_PER_ADDRESS:
-                waits.append(q[0] + FAIL_WINDOW_S - now)
-            if len(self._all) >= FAILS_OVERALL:
-                waits.append(self._all[0] + FAIL_WINDOW_S - now)
-            return max(waits)
+        t = signin_failures
+        recent = t.c.at > now - FAIL_WINDOW_S
+        with reading(self.engine) as conn:
+            mine = conn.execute(
+                select(func.count(), func.min(t.c.at)).where(recent, t.c.address == addr[:64])
+            ).one()
+            every = conn.execute(select(func.count(), func.min(t.c.at)).where(recent)).one()
+        waits = [0.0]
+        if mine[0] >= FAILS_PER_ADDRESS:
+            waits.append(mine[1] + FAIL_WINDOW_S - now)
+        if every[0] >= FAILS_OVERALL:
+            waits.append(every[1] + FAIL_WINDOW_S - now)
+        return max(waits)
 
     def failed(self, addr: str) -> None:
         """Count a failed attempt from ``addr``."""
         now = self.clock()
-        with self._lock:
-            self._by_addr.setdefault(addr, deque()).append(now)
-            self._all.append(now)
-            if len(self._by_addr) > 10_000:  # many addresses: forget the quiet ones
-                for key in [k for k, q in self._by_addr.items() if not q or q[-1] < now - 60]:
-                    del self._by_addr[key]
+        with writing(self.engine) as conn:
+            conn.execute(
+                signin_failures.delete().where(signin_failures.c.at <= now - FAIL_WINDOW_S)
+            )
+            conn.execute(signin_failures.insert().values(address=addr[:64], at=now))
 
 
 class SessionStore:
@@ -229,7 +229,7 @@ def init_app(app: Flask, config: SyncConfig) -> None:
         hops = config.proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
     app.extensions["hwr_admin_sessions"] = SessionStore(config.data_dir, lifetime.total_seconds())
-    app.extensions["hwr_signin_limiter"] = SignInLimiter()
+    app.extensions["hwr_signin_limiter"] = SignInLimiter(app.extensions["hwr_sync"].engine)
 
 
 def sessions(app: Flask) -> SessionStore:

@@ -50,7 +50,7 @@ class SyncConfig:
     rate_per_second: float = 10.0  # sustained requests per device
     rate_burst: int = 30  # requests a device may make at once before the rate applies
     release_poll_interval: float = 0.5  # seconds between looks at the releases table
-    workers: int = 2  # gunicorn worker processes (rate limits are counted per worker)
+    workers: int = 2  # gunicorn worker processes (the device API's rate limits count per worker)
     threads: int = 32  # threads per worker: one per open notify socket, plus HTTP
     log_level: str = "info"
     admin_session_minutes: int = 480  # how long a dashboard sign-in lasts

@@ -213,6 +213,16 @@ snapshots = Table(
     Column("job_id", Integer, nullable=True),
 )
 
+# Failed dashboard sign-ins of the last minute (sync_server/auth.py), shared by every worker.
+signin_failures = Table(
+    "signin_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("ix_signin_failures_at", "at"),
+)
+
 
 class DatabaseError(HwrError):
     """The database cannot be opened or migrated."""

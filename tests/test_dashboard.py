@@ -202,6 +202,23 @@ def test_failed_sign_ins_are_limited_per_address(client):
     assert other.status_code == 303  # another address is not held up
 
 
+def test_the_sign_in_limit_holds_across_worker_processes(app, client, tmp_path: Path):
+    """Two apps on one database stand for two gunicorn workers: failures on one count on both."""
+    other = make_app(tmp_path)
+    try:
+        second = other.test_client()
+        for i in range(auth.FAILS_PER_ADDRESS):
+            worker = client if i % 2 else second
+            assert sign_in(worker, token="guess").status_code == 401
+        assert sign_in(client).status_code == 429 and sign_in(second).status_code == 429
+        # a minute later the address may try again (the database keeps only that minute)
+        limiter = app.extensions["hwr_signin_limiter"]
+        later = time.time() + auth.FAIL_WINDOW_S + 1
+        assert auth.SignInLimiter(limiter.engine, clock=lambda: later).wait("127.0.0.1") == 0.0
+    finally:
+        close_app(other)
+
+
 def test_no_admin_token_configured_refuses_every_sign_in(tmp_path: Path):
     a = make_app(tmp_path, admin="")
     try:

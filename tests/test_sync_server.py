@@ -101,7 +101,7 @@ def test_migrations_apply_and_are_idempotent(app):
     names = set(inspect(engine).get_table_names())
     assert {"devices", "corrections", "models", "releases", "alembic_version"} <= names
     with db.reading(engine) as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
 
 
 def test_corrections_are_stored_once_and_replays_are_duplicates(app, client):
