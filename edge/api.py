@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
 from PIL import Image
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from hwrcore import protocol
+from hwrcore import protocol, web_errors
+from hwrcore.web_errors import error_response
 
 from . import guard
 from .messages import Context, correction_counts, handle_message, pending_total
@@ -45,16 +46,6 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("edge", __name__)
 
-HTTP_CODES = {
-    400: ("bad_request", "the request could not be understood"),
-    404: ("not_found", "there is nothing at this address"),
-    405: ("method_not_allowed", "this address does not accept this method"),
-    408: ("timeout", "the request was not sent in time"),
-    413: ("too_large", "the request body is too large"),
-    414: ("uri_too_long", "the address is too long"),
-    415: ("unsupported_media_type", "send the request as JSON"),
-    431: ("headers_too_large", "the request headers are too large"),
-}
 READ_CHUNK = 64 << 10
 # The seed page's names for the modes, and the project's own.
 PAPER_MODES = {"digits": "digit", "characters": "char", "digit": "digit", "char": "char"}
@@ -62,13 +53,6 @@ PAPER_MODES = {"digits": "digit", "characters": "char", "digit": "digit", "char"
 
 def _ctx() -> Context:
     return current_app.extensions["hwr"]
-
-
-def error_response(code: str, message: str, status: int | None = None) -> Response:
-    """The one error body with its status."""
-    resp = jsonify(protocol.error_body(code, message))
-    resp.status_code = status or protocol.http_status(code)
-    return resp
 
 
 def _reply(reply: dict[str, Any]) -> Response:
@@ -264,38 +248,13 @@ def static_file(filename: str) -> Response:
     return send_from_directory(current_app.config["HWR_CONFIG"].web_dir / "static", filename)
 
 
-def _http_error(exc: HTTPException) -> Response:
-    status = exc.code or 500
-    code, message = HTTP_CODES.get(status, (None, None))
-    if code is None:
-        code = "internal" if status >= 500 else "bad_request"
-        message = exc.name
-    resp = error_response(code, message, status)
-    if status == 405 and getattr(exc, "valid_methods", None):
-        resp.headers["Allow"] = ", ".join(exc.valid_methods)
-    return resp
-
-
-def _unexpected(exc: Exception) -> Response:
-    # The traceback names code, never the request body: drawings do not reach the log.
-    log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
-    return error_response("internal", "the server failed to answer; it was logged", 500)
-
-
-def _headers(resp: Response) -> Response:
-    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-    return resp
-
-
 def init_app(app: Flask) -> None:
     """Register the routes and route every error through the one error body."""
     # "//healthz" is not redirected (werkzeug's redirect is an HTML page): it is not found.
     app.url_map.merge_slashes = False
     guard.init_app(app)
     app.register_blueprint(bp)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(Exception, _unexpected)
-    app.after_request(_headers)
+    web_errors.init_app(app)
 
 
 __all__ = ["bp", "error_response", "init_app", "public_health", "read_body"]

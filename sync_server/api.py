@@ -18,11 +18,11 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
 from sqlalchemy import update
-from werkzeug.exceptions import HTTPException
 
-from hwrcore import protocol
+from hwrcore import protocol, web_errors
 from hwrcore.labels import LABEL_SETS
 from hwrcore.release import canonical_json
+from hwrcore.web_errors import error_response
 
 from .corrections import merge, summary, withdraw
 from .db import devices, writing
@@ -33,25 +33,12 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("sync_api", __name__, url_prefix="/api/v1")
 
-HTTP_CODES = {
-    400: ("bad_request", "the request could not be understood"),
-    404: ("not_found", "there is nothing at this address"),
-    405: ("method_not_allowed", "this address does not accept this method"),
-    413: ("too_large", "the request body is too large"),
-}
 UNAUTHORIZED = "a valid bearer token is required"
 MAX_TEXT = 2048
 
 
 def state() -> SyncState:
     return current_app.extensions["hwr_sync"]
-
-
-def error_response(code: str, message: str, status: int | None = None) -> Response:
-    """The one error body with its status."""
-    resp = jsonify(protocol.error_body(code, message))
-    resp.status_code = status or protocol.STATUS.get(code, 400)
-    return resp
 
 
 def _unauthorized() -> Response:
@@ -248,37 +235,12 @@ def admin_summary() -> Response:
     return jsonify(summary(state().engine))
 
 
-def _http_error(exc: HTTPException) -> Response:
-    status = exc.code or 500
-    code, message = HTTP_CODES.get(status, (None, None))
-    if code is None:
-        code = "internal" if status >= 500 else "bad_request"
-        message = exc.name
-    resp = error_response(code, message, status)
-    if status == 405 and getattr(exc, "valid_methods", None):
-        resp.headers["Allow"] = ", ".join(exc.valid_methods)
-    return resp
-
-
-def _unexpected(exc: Exception) -> Response:
-    # The traceback names code, never the request body: drawings and tokens do not reach the log.
-    log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
-    return error_response("internal", "the server failed to answer; it was logged", 500)
-
-
-def _headers(resp: Response) -> Response:
-    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-    return resp
-
-
 def init_app(app: Flask) -> None:
     """Register the routes and route every error through the one error body."""
     from . import notify  # noqa: F401  (adds the notify socket to the blueprint)
 
     app.register_blueprint(bp)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(Exception, _unexpected)
-    app.after_request(_headers)
+    web_errors.init_app(app)
 
 
 __all__ = ["bp", "error_response", "init_app"]
