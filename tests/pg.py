@@ -154,4 +154,32 @@ def pg_cluster() -> Iterator[Cluster]:
         cluster.stop()
 
 
-__all__ = ["Cluster", "find_bin", "pg_cluster", "start_cluster"]
+@pytest.fixture(scope="session")
+def pg_url(pg_cluster: Cluster) -> str:
+    """One database on the session's PostgreSQL cluster (``database_url`` empties it)."""
+    return pg_cluster.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """'' (SQLite in the data directory) or the session's PostgreSQL database, emptied: a test
+    taking it runs on both."""
+    if request.param == "sqlite":
+        return ""
+    from sqlalchemy import create_engine, inspect
+
+    from sync_server.db import metadata
+
+    url = request.getfixturevalue("pg_url")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            present = [t.name for t in metadata.sorted_tables if inspect(conn).has_table(t.name)]
+            if present:
+                conn.exec_driver_sql(f"TRUNCATE {', '.join(present)} RESTART IDENTITY CASCADE")
+    finally:
+        engine.dispose()
+    return url
+
+
+__all__ = ["Cluster", "database_url", "find_bin", "pg_cluster", "pg_url", "start_cluster"]

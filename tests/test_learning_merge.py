@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the database fixtures of tests/pg.py are imported by name
 """The merge policy, the quarantine and its review, jobs, snapshots, the gate and rollout.
 
 The database tests run on SQLite and on a real PostgreSQL cluster. Scoring uses a scorer
@@ -14,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import select
 
 from hwrcore.labels import LABEL_SETS
 from sync_server import db, jobs, merge
@@ -24,7 +25,7 @@ from sync_server.devices import add_device
 from sync_server.merge import Policy, assess, capped
 from sync_server.retrain import gate
 from sync_server.snapshots import make_snapshot, read_snapshot, split_by_device, write_snapshot
-from tests.pg import pg_cluster  # noqa: F401  (the session's PostgreSQL cluster)
+from tests.pg import database_url, pg_cluster, pg_url  # noqa: F401 - SQLite and PostgreSQL
 from tests.sync_server_helpers import MODELS_DIR, item, new_version
 from tests.test_dashboard import sign_in
 
@@ -32,26 +33,6 @@ ADMIN = "admin-secret-for-learning-tests"
 TABLES = "devices, corrections, models, releases, assessments, decisions, jobs, snapshots"
 DIGITS = LABEL_SETS["digit"].labels
 RNG = np.random.default_rng(5)
-
-
-@pytest.fixture(scope="session")
-def pg_url(pg_cluster) -> str:  # noqa: F811
-    return pg_cluster.new_database()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "sqlite":
-        return ""
-    url = request.getfixturevalue("pg_url")
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            if inspect(conn).has_table("jobs"):
-                conn.exec_driver_sql(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
-    finally:
-        engine.dispose()
-    return url
 
 
 class FakeQueue:

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the database fixtures of tests/pg.py are imported by name
 """The sync server's API and registry on a real database: SQLite and a real PostgreSQL cluster."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import inspect, select
 
 from hwrcore import release as rel
 from sync_server import db
@@ -17,34 +18,10 @@ from sync_server.app import close_app, create_app
 from sync_server.config import load_config
 from sync_server.devices import add_device, revoke_device
 from sync_server.registry import Registry, RegistryError
-from tests.pg import pg_cluster  # noqa: F401  (the session's PostgreSQL cluster)
+from tests.pg import database_url, pg_cluster, pg_url  # noqa: F401 - SQLite and PostgreSQL
 from tests.sync_server_helpers import MODELS_DIR, image_b64, item, new_version
 
 ADMIN = "admin-secret-for-tests"
-
-
-@pytest.fixture(scope="session")
-def pg_url(pg_cluster) -> str:  # noqa: F811
-    """One database on the session's PostgreSQL cluster, emptied before each test."""
-    return pg_cluster.new_database()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """'' (SQLite in the data directory) or the session's PostgreSQL database, emptied."""
-    if request.param == "sqlite":
-        return ""
-    url = request.getfixturevalue("pg_url")
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            if inspect(conn).has_table("releases"):
-                conn.exec_driver_sql(
-                    "TRUNCATE devices, corrections, models, releases RESTART IDENTITY CASCADE"
-                )
-    finally:
-        engine.dispose()
-    return url
 
 
 def make_app(tmp_path: Path, database_url: str, **settings: object):
