@@ -6,7 +6,7 @@ DATA_DIR ?= ../shared/data
 MODELS_DIR ?= models_export
 ARGS ?=
 
-.PHONY: run test lint format models models-digits models-characters models-characters-relabelled models-relabel evaluate bench demo venv install-edge install-sync install-all browser postgres clean
+.PHONY: run test lint format models models-digits models-characters models-characters-relabelled models-relabel evaluate bench demo demo-loop venv install-edge install-sync install-all browser postgres clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ run: install-edge
 ## A school on this machine: a sync server on :8100 and two devices on :8001 and :8002
 demo: install-sync
 	$(BIN)/python deploy/demo.py
+
+demo-loop: install-all
+	$(BIN)/python deploy/demo.py --auto --dir build/demo-loop
 
 ## Every test (installs what it needs: the venv with all extras, Debian's chromium and postgresql)
 test: install-all browser postgres

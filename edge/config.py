@@ -93,9 +93,10 @@ class EdgeConfig:
     tunnel_ip_allow: str = ""  # ngrok-enforced IP allow-list: addresses or CIDRs, comma-separated
 
     def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir).expanduser()
-        self.models_dir = Path(self.models_dir).expanduser()
-        self.web_dir = Path(self.web_dir).expanduser()
+        # absolute now: Flask would read a relative path against its package, not the cwd
+        self.data_dir = Path(self.data_dir).expanduser().absolute()
+        self.models_dir = Path(self.models_dir).expanduser().absolute()
+        self.web_dir = Path(self.web_dir).expanduser().absolute()
         self.validate()
 
     def validate(self) -> None:

@@ -100,8 +100,9 @@ class SyncConfig:
     publish_pause: float = 0.0  # seconds a publish waits before it commits (tests kill it there)
 
     def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir).expanduser()
-        self.models_dir = Path(self.models_dir).expanduser()
+        # absolute now: Flask would read a relative path against its package, not the cwd
+        self.data_dir = Path(self.data_dir).expanduser().absolute()
+        self.models_dir = Path(self.models_dir).expanduser().absolute()
         self.validate()
 
     def validate(self) -> None:
@@ -159,7 +160,7 @@ class SyncConfig:
     @property
     def jobs_path(self) -> Path:
         """Huey's SQLite file: ``jobs_db``, else jobs.db in the data directory."""
-        return Path(self.jobs_db).expanduser() if self.jobs_db else self.data_dir / "jobs.db"
+        return Path(self.jobs_db).expanduser().absolute() if self.jobs_db else self.data_dir / "jobs.db"
 
     @property
     def db_url(self) -> str:

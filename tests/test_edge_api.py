@@ -437,6 +437,23 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path, toml, env, match):
         load_config(path, env=env)
 
 
+def test_relative_folders_name_folders_of_the_start_directory(
+    tmp_path, models_path, web_dir, monkeypatch
+):
+    """``--web-dir web --data-dir data``: the canvas page is served, corrections land there."""
+    monkeypatch.chdir(tmp_path)
+    config = EdgeConfig(data_dir="data", models_dir=models_path, web_dir="web")
+    assert (config.data_dir, config.web_dir) == (tmp_path / "data", tmp_path / "web")
+    a = create_app(config)
+    try:
+        c = a.test_client()
+        for path in ("/", "/static/app.js"):
+            with c.get(path) as r:
+                assert r.status_code == 200, path
+    finally:
+        close_app(a)
+
+
 def test_config_file_must_exist(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml", env={})

@@ -322,6 +322,27 @@ def test_model_file_has_etag_304_and_range_206(app, client):
         assert r.headers["Content-Range"] == f"bytes 1000-{len(data) - 1}/{len(data)}"
 
 
+def test_a_relative_data_dir_serves_published_files(tmp_path, monkeypatch):
+    """``--data-dir school`` names a folder of the directory the server was started in."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config(
+        env={"HWR_SYNC_ADMIN_TOKEN": ADMIN},
+        overrides={"data_dir": "school", "models_dir": MODELS_DIR, "release_poll_interval": 3600.0},
+    )
+    assert config.data_dir == tmp_path / "school"
+    a = create_app(config)
+    try:
+        published = st(a).registry.publish(new_version(tmp_path / "new"), by="test")
+        with a.test_client().get(
+            f"/api/v1/models/digits/{published.version}", headers=device(a)
+        ) as r:
+            assert r.status_code == 200, r.data[:200]
+            stored = tmp_path / "school" / "models" / "digits" / f"{published.version}.tflite"
+            assert r.data == stored.read_bytes()
+    finally:
+        close_app(a)
+
+
 def test_publish_and_rollback_make_growing_signed_sequences(app, tmp_path):
     registry: Registry = st(app).registry
     key = st(app).key.public_key()
