@@ -217,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
+    def terminated(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the school as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         server = subprocess.Popen(
             [str(BIN / "hwr-sync-server"), "serve", "--port", str(args.server_port)]
