@@ -52,7 +52,9 @@ def test_a_killed_worker_and_a_server_killed_mid_publish_leave_nothing_half_done
     school = School(tmp_path, devices=2, env=env)
     port = free_port()
     try:
-        school.serve(port)
+        # 280 images make 4 steps an epoch, and the stage reads "training" from the end of the
+        # first epoch: many epochs keep it there long enough to be seen (the worker dies then)
+        school.serve(port, HWR_SYNC_RETRAIN_EPOCHS="60")
         shipped = model_rows(school.data)  # the shipped versions, nothing else
         x, y = mnist(160, seed=1)
         for d in range(2):
