@@ -12,6 +12,9 @@ const LIVE_AGREE = 2;
 // Measured on ten pendigits sevens drawn at 60 Hz: the shown label changed 26 times while
 // drawing with every live answer shown, 3 times with this rule.
 const LIVE_MIN_CONFIDENCE = 0.95;
+// ... or when the pen has rested this long on the drawing an answer read: nothing changes any
+// more, so that answer is as steady as the drawing (a resting pen sends no new requests).
+const LIVE_REST_MS = 300;
 const HEALTH_INTERVAL_MS = 5000;
 // How long the footer says "New model" after the school's server sent one.
 const NEW_MODEL_NOTICE_MS = 20000;
@@ -102,6 +105,7 @@ class App {
     this.liveRun = { label: null, n: 0 }; // live answers in a row with the same label
     this.lastLiveAt = 0;
     this.liveTimer = null;
+    this.restTimer = null;
     this.httpLiveBusy = false;
     this.saving = false;
     this.offer = null; // {record, timer, until}: the saved answer the Undo takes back
@@ -275,7 +279,23 @@ class App {
 
   showPrediction(seq, answer, final) {
     if (this.isStale(seq)) return;
-    if (!this.steady(answer, final)) return;
+    clearTimeout(this.restTimer);
+    this.restTimer = null;
+    if (this.steady(answer, final)) this.display(seq, answer, final);
+    else if (answer.confidence >= LIVE_MIN_CONFIDENCE) this.showOnRest(seq, answer);
+  }
+
+  /** Show a sure live answer once the pen has rested on the very drawing it read. */
+  showOnRest(seq, answer) {
+    const points = answer.strokes.reduce((n, s) => n + s.length, 0);
+    this.restTimer = setTimeout(() => {
+      this.restTimer = null;
+      const same = this.pad.drawing && this.pad.pointCount() === points;
+      if (same && this.latest?.seq === seq && !this.isStale(seq)) this.display(seq, answer, false);
+    }, LIVE_REST_MS);
+  }
+
+  display(seq, answer, final) {
     this.shownSeq = seq;
     const result = $("result");
     result.dataset.seq = String(seq);
