@@ -158,16 +158,20 @@ def test_truncating_the_journal_to_half_is_reported_as_loss(
     data = journal.read_bytes()
     journal.write_bytes(data[: len(data) // 2])
     kept = scan_journal(journal.read_bytes()).records
+    # Records differ in length (their ids and compressed drawings), so half the bytes hold
+    # about half the records: 22 or 23 of 46 in practice.
+    lost = 46 - len(kept)
+    assert 18 <= lost <= 28, lost
     with caplog.at_level(logging.WARNING, logger="hwrcore.store"):
         with CorrectionStore(path) as store:
             rec = store.stats()["recovered"]
             assert len(store) == 1 + len(kept)
-            assert rec["lost_records"] == 46 - len(kept) == 23
+            assert rec["lost_records"] == lost
             assert rec["journal"] == "damaged"
-            assert "lost 23 acknowledged records" in store.stats()["problems"][0]
+            assert f"lost {lost} acknowledged records" in store.stats()["problems"][0]
             store.add(make(1))  # sequence numbers go on past the lost ones
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any("23 acknowledged records are lost" in m for m in errors), errors
+    assert any(f"{lost} acknowledged records are lost" in m for m in errors), errors
     assert not any("torn record" in r.getMessage() for r in caplog.records)
     with CorrectionStore(path) as store:  # reported once, then the files are clean again
         assert store.stats()["recovered"]["lost_records"] == 0
