@@ -216,6 +216,9 @@ def test_validate_gates_a_model_against_its_baseline(data_dir: Path, capsys) -> 
     out = capsys.readouterr().out
     assert rc == 1 and "not better than the baseline: as_is accuracy" in out, out
     assert "on 300 validation images" in out
+    # Digits are also read as strokes: the held-out pendigits writers, drawn on the canvas.
+    assert "pendigits: accuracy 0.99" in out and "strokes of the held-out pendigits writers" in out
+    assert "held-out pendigits strokes 0.99" in out
 
 
 def test_beats_by_hand() -> None:
@@ -226,3 +229,10 @@ def test_beats_by_hand() -> None:
     assert beats(good, weak)[0] and not beats(weak, good)[0]
     assert not beats(good, weak, min_recall=1.01)[0]
     assert "classes under 101%: a, b" in beats(good, weak, min_recall=1.01)[1]
+    # Better on images but worse on drawings: refused.
+    pen_good = {**good, "pendigits": good["as_is"]}
+    pen_weak = {**weak, "pendigits": weak["as_is"]}
+    assert beats(pen_good, pen_weak)[0]
+    assert not beats({**good, "pendigits": weak["as_is"]}, pen_weak | {"pendigits": good["as_is"]})[
+        0
+    ]

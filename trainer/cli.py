@@ -294,7 +294,7 @@ def cmd_validate(args) -> int:
         seed=args.seed,
         relabel=args.relabel,
     )
-    for key in ("as_is", "relabelled"):
+    for key in ("as_is", "relabelled", "pendigits"):
         if key not in res:
             continue
         r = res[key]
@@ -303,7 +303,12 @@ def cmd_validate(args) -> int:
         print(
             f"{key}: accuracy {r['accuracy']:.4f}, macro recall {r['macro_recall']:.4f}, "
             f"min recall {min(recall.values()):.3f} ({min(recall, key=recall.get)}) on "
-            f"{res['n']} validation images; {some}"
+            + (
+                f"{r['n']} strokes of the held-out pendigits writers"
+                if key == "pendigits"
+                else f"{res['n']} validation images"
+            )
+            + f"; {some}"
         )
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
