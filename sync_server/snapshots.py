@@ -3,8 +3,8 @@
 A snapshot holds every correction of the training set of one mode when a job started, each
 marked ``train`` or ``heldout``; held-out corrections are whole devices (:func:`split_by_device`),
 so the gate measures the new model on pupils it never saw. Its name is the sha256 of its
-content (mode, then each correction's UUID, label, split and 784 float32, in UUID order):
-the same corrections make the same snapshot, which is written once (temporary file, fsync,
+content (mode, then each correction's UUID, label, split and 784 float32, ordered by the
+drawings' contents): the same corrections make the same snapshot, which is written once (temporary file, fsync,
 rename) and never changed; :func:`read_snapshot` checks the digest again.
 """
 
@@ -38,7 +38,7 @@ class SnapshotError(HwrError):
 
 @dataclass
 class Snapshot:
-    """A snapshot's content: corrections in UUID order and which are held out."""
+    """A snapshot's content: corrections ordered by their drawings, and which are held out."""
 
     sha256: str
     mode: str
@@ -79,7 +79,7 @@ def split_by_device(device_names: list[str], share: float) -> set[str]:
 def digest(
     mode: str, uuids: list[str], labels: list[str], heldout: np.ndarray, images: np.ndarray
 ) -> str:
-    """The content address: sha256 over mode and each correction (UUID order)."""
+    """The content address: sha256 over mode and each correction (in snapshot order)."""
     h = hashlib.sha256(f"hwr-snapshot:{SCHEMA}:{mode}\n".encode())
     for i in np.argsort(np.asarray(uuids, dtype=object), kind="stable"):
         h.update(f"{uuids[i]}\t{labels[i]}\t{int(heldout[i])}\n".encode())
@@ -88,9 +88,16 @@ def digest(
 
 
 def make_snapshot(mode: str, rows: TrainingRows, heldout_share: float) -> Snapshot:
-    """A snapshot of a training set, split by device, in UUID order (not yet written)."""
+    """A snapshot of a training set, split by device, in the order of its drawings' contents
+    (not yet written): the same corrections make the same snapshot, and so the same model,
+    whatever ids the devices gave them."""
     held_devices = split_by_device(rows.device_names, heldout_share)
-    order = np.argsort(np.asarray(rows.uuids, dtype=object), kind="stable")
+    keys = [
+        (hashlib.sha256(np.ascontiguousarray(rows.images[i], dtype="<f4").tobytes()).hexdigest(),
+         rows.labels[i], rows.uuids[i])
+        for i in range(len(rows.uuids))
+    ]  # fmt: skip
+    order = np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
     uuids = [rows.uuids[i] for i in order]
     devs = [rows.device_names[i] for i in order]
     labels = [rows.labels[i] for i in order]

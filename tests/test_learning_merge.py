@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import json
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -364,6 +365,32 @@ def test_snapshots_are_content_addressed_and_split_by_device(app, tmp_path):
     back = read_snapshot(path)
     assert back.uuids == a.uuids and np.array_equal(back.images, a.images)
     assert split_by_device(["x", "x"], 0.2) == set()  # one device: nothing to hold out
+
+
+def test_a_snapshot_s_order_comes_from_its_drawings_not_the_devices_ids() -> None:
+    """The same corrections under other UUIDs (another run of the same school) make a
+    snapshot in the same order, so a job trains on them in the same order and makes the
+    same model."""
+    from sync_server.merge import TrainingRows
+
+    images = RNG.random((6, 28, 28)).astype(np.float32)
+    labels = list("012345")
+    devs = ["room-1", "room-2"] * 3
+
+    def rows(perm: list[int]) -> TrainingRows:
+        return TrainingRows(
+            uuids=[str(uuid.uuid4()) for _ in perm],
+            device_ids=[1 + i % 2 for i in perm],
+            device_names=[devs[i] for i in perm],
+            labels=[labels[i] for i in perm],
+            images=images[perm],
+            dropped_by_share=0,
+        )
+
+    a = make_snapshot("digit", rows([0, 1, 2, 3, 4, 5]), 0.5)
+    b = make_snapshot("digit", rows([5, 3, 1, 0, 2, 4]), 0.5)
+    assert a.labels == b.labels and np.array_equal(a.images, b.images)
+    assert list(a.heldout) == list(b.heldout) and a.uuids != b.uuids
 
 
 def test_rollout_to_a_group_then_every_device(app, tmp_path):
