@@ -3,9 +3,11 @@
 A snapshot holds every correction of the training set of one mode when a job started, each
 marked ``train`` or ``heldout``; held-out corrections are whole devices (:func:`split_by_device`),
 so the gate measures the new model on pupils it never saw. Its name is the sha256 of its
-content (mode, then each correction's UUID, label, split and 784 float32, ordered by the
-drawings' contents): the same corrections make the same snapshot, which is written once (temporary file, fsync,
-rename) and never changed; :func:`read_snapshot` checks the digest again.
+content (mode, then each correction's UUID, label, split and 784 float32, in UUID order):
+the same corrections make the same snapshot, which is written once (temporary file, fsync,
+rename) and never changed; :func:`read_snapshot` checks the digest again. Its rows are
+ordered by the drawings themselves, so a job trains on the same corrections in the same order
+whatever ids the devices gave them.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def split_by_device(device_names: list[str], share: float) -> set[str]:
 def digest(
     mode: str, uuids: list[str], labels: list[str], heldout: np.ndarray, images: np.ndarray
 ) -> str:
-    """The content address: sha256 over mode and each correction (in snapshot order)."""
+    """The content address: sha256 over mode and each correction (UUID order)."""
     h = hashlib.sha256(f"hwr-snapshot:{SCHEMA}:{mode}\n".encode())
     for i in np.argsort(np.asarray(uuids, dtype=object), kind="stable"):
         h.update(f"{uuids[i]}\t{labels[i]}\t{int(heldout[i])}\n".encode())
@@ -93,10 +95,9 @@ def make_snapshot(mode: str, rows: TrainingRows, heldout_share: float) -> Snapsh
     whatever ids the devices gave them."""
     held_devices = split_by_device(rows.device_names, heldout_share)
     keys = [
-        (hashlib.sha256(np.ascontiguousarray(rows.images[i], dtype="<f4").tobytes()).hexdigest(),
-         rows.labels[i], rows.uuids[i])
+        (np.asarray(rows.images[i], dtype="<f4").tobytes(), rows.labels[i], rows.uuids[i])
         for i in range(len(rows.uuids))
-    ]  # fmt: skip
+    ]
     order = np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
     uuids = [rows.uuids[i] for i in order]
     devs = [rows.device_names[i] for i in order]

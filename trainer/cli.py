@@ -300,15 +300,15 @@ def cmd_validate(args) -> int:
         r = res[key]
         recall = {c["label"]: c["recall"] for c in r["per_class"] if c["support"]}
         some = " ".join(f"{c} {recall[c]:.3f}" for c in args.classes if c in recall)
+        what = (
+            f"{r['n']} strokes of the held-out pendigits writers"
+            if key == "pendigits"
+            else f"{res['n']} validation images"
+        )
         print(
             f"{key}: accuracy {r['accuracy']:.4f}, macro recall {r['macro_recall']:.4f}, "
             f"min recall {min(recall.values()):.3f} ({min(recall, key=recall.get)}) on "
-            + (
-                f"{r['n']} strokes of the held-out pendigits writers"
-                if key == "pendigits"
-                else f"{res['n']} validation images"
-            )
-            + f"; {some}"
+            f"{what}; {some}"
         )
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1) + "\n")

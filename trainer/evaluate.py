@@ -86,7 +86,11 @@ def pendigits_inputs(
     data_dir: str | os.PathLike | None, style: str, limit: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The pendigits test writers' strokes, drawn onto the canvas and preprocessed as on a device."""
-    samples = load_pendigits(data_dir, "test")[:limit]
+    return canvas_inputs(load_pendigits(data_dir, "test")[:limit], style)
+
+
+def canvas_inputs(samples: Sequence[Any], style: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pen samples drawn onto the canvas and preprocessed as on a device: (inputs, labels)."""
     x = np.stack([strokes_to_input(strokes_on_canvas(s.strokes), style) for s in samples])
     return x, np.asarray([s.label for s in samples], dtype=np.int64)
 
@@ -457,10 +461,7 @@ def validate(
 
         pen = load_pendigits(data_dir, "train")
         _, held = pendigits_writer_split(pen, pendigits_val_writers)
-        strokes = [s for s in pen if s.writer in held]
-        style = clf.manifest.style
-        px = np.stack([strokes_to_input(strokes_on_canvas(s.strokes), style) for s in strokes])
-        py = np.asarray([s.label for s in strokes], dtype=np.int64)
+        px, py = canvas_inputs([s for s in pen if s.writer in held], clf.manifest.style)
         out["pendigits"] = score(py, predict(clf, px), labels)
         out["pendigits"]["writers"] = sorted(held)
     if relabel:
