@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from tests import versions
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "models_export"
 
@@ -32,21 +34,25 @@ def item(**fields: Any) -> dict[str, Any]:
         "strokes": [[[60.0, 50.0], [220.0, 50.0], [130.0, 240.0]]],
         "predicted": "1",
         "confidence": 0.61,
-        "model": {"name": "digits", "version": "1.2.0"},
+        "model": {"name": "digits", "version": versions.digits()},
         "created": now,
         "updated": now,
         "embedding": image_b64(0.5, 128),
-        "embedding_version": "1.2.0",
+        "embedding_version": versions.digits(),
     }
     base.update(fields)
     return base
 
 
 def new_version(
-    dest: Path, version: str = "1.3.0", name: str = "digits", salt: bytes = b""
+    dest: Path, version: str | None = None, name: str = "digits", salt: bytes = b""
 ) -> Path:
-    """A manifest and file for a new version of a shipped model (its bytes changed, sha256 redone)."""
+    """A manifest and file for a new version of a shipped model (its bytes changed, sha256 redone).
+
+    ``version`` defaults to the first one after the shipped version.
+    """
     src = json.loads((MODELS_DIR / f"{name}.json").read_text())
+    version = version or versions.newer(src["version"])
     data = (MODELS_DIR / src["file"]).read_bytes() + b"\0" + version.encode() + salt
     dest.mkdir(parents=True, exist_ok=True)
     model = dest / f"{name}-{version}.tflite"

@@ -21,6 +21,7 @@ from sync_server import auth, plots
 from sync_server.app import close_app, create_app
 from sync_server.config import load_config
 from sync_server.devices import add_device
+from tests import versions
 from tests.sync_server_helpers import MODELS_DIR, image_b64, item, new_version
 
 ADMIN = "admin-token-for-dashboard-tests-0123456789"
@@ -254,7 +255,7 @@ def test_sign_in_without_csrf_and_open_redirects_are_refused(client):
 
 def test_actions_need_the_csrf_token_of_this_session(app, client):
     signed_in(client)
-    r = client.post("/admin/models/rollback", data={"name": "digits", "version": "1.2.0"})
+    r = client.post("/admin/models/rollback", data={"name": "digits", "version": versions.digits()})
     assert r.status_code == 403 and r.json["error"]["code"] == "csrf_failed"
     other = app.test_client()
     foreign = signed_in(other)
@@ -433,27 +434,33 @@ def models_as_device(client, h) -> dict[str, str]:
 def test_publish_by_upload_then_roll_back(app, client, tmp_path: Path):
     h = device_headers(app)
     token = signed_in(client)
-    manifest = new_version(tmp_path / "upload", "1.3.0")
-    model = manifest.with_name("digits-1.3.0.tflite")
+    shipped, new = versions.digits(), versions.digits(1)
+    manifest = new_version(tmp_path / "upload", new)
+    model = manifest.with_name(f"digits-{new}.tflite")
     r = client.post(
         "/admin/models/publish",
         data={
             "csrf_token": token,
-            "manifest": (io.BytesIO(manifest.read_bytes()), "digits-1.3.0.json"),
-            "model": (io.BytesIO(model.read_bytes()), "digits-1.3.0.tflite"),
+            "manifest": (io.BytesIO(manifest.read_bytes()), f"digits-{new}.json"),
+            "model": (io.BytesIO(model.read_bytes()), f"digits-{new}.tflite"),
         },
         content_type="multipart/form-data",
     )
     assert r.status_code == 303 and r.headers["Location"] == "/admin/models"
-    assert "digits 1.3.0 is published" in client.get("/admin/models").text
-    assert models_as_device(client, h)["digit"] == "1.3.0"
+    assert f"digits {new} is published" in client.get("/admin/models").text
+    assert models_as_device(client, h)["digit"] == new
     assert not list((tmp_path / "server" / "uploads").iterdir())  # the upload is cleaned up
     # a file whose bytes differ from the manifest's sha256 is refused, the release unchanged
     r = client.post(
         "/admin/models/publish",
         data={
             "csrf_token": token,
-            "manifest": (io.BytesIO(manifest.read_bytes().replace(b"1.3.0", b"1.4.0")), "m.json"),
+            "manifest": (
+                io.BytesIO(
+                    manifest.read_bytes().replace(new.encode(), versions.digits(2).encode())
+                ),
+                "m.json",
+            ),
             "model": (io.BytesIO(b"not a model"), "x.tflite"),
         },
         content_type="multipart/form-data",
@@ -461,19 +468,19 @@ def test_publish_by_upload_then_roll_back(app, client, tmp_path: Path):
     assert r.status_code == 303
     page = client.get("/admin/models").text
     assert 'data-kind="bad"' in page and "sha256" in page
-    assert models_as_device(client, h)["digit"] == "1.3.0"
-    # roll back: a new release naming 1.2.0 reaches the device
+    assert models_as_device(client, h)["digit"] == new
+    # roll back: a new release naming the shipped version reaches the device
     r = client.post(
-        "/admin/models/rollback", data={"csrf_token": token, "name": "digits", "version": "1.2.0"}
+        "/admin/models/rollback", data={"csrf_token": token, "name": "digits", "version": shipped}
     )
     assert r.status_code == 303
-    assert "digits 1.2.0 is the current release again" in client.get("/admin/models").text
-    assert models_as_device(client, h)["digit"] == "1.2.0"
+    assert f"digits {shipped} is the current release again" in client.get("/admin/models").text
+    assert models_as_device(client, h)["digit"] == shipped
     releases = re.search(r'id="releases">(.*?)</table>', client.get("/admin/models").text, re.S)
     assert "Ms Rivera" in releases.group(1)  # who released it
     # rolling back to the current version says so and changes nothing
     client.post(
-        "/admin/models/rollback", data={"csrf_token": token, "name": "digits", "version": "1.2.0"}
+        "/admin/models/rollback", data={"csrf_token": token, "name": "digits", "version": shipped}
     )
     assert "is the current release already" in client.get("/admin/models").text
 
@@ -512,7 +519,7 @@ def test_models_page_shows_a_retrained_versions_figures_side_by_side(app, client
         matrix[i][i] = 95
     matrix[4][9] = 5  # a 4 read as 9
     recall = {str(i): 0.95 for i in range(10)}
-    recall["9"] = 0.90  # five points under 1.2.0's 99.2%: shown red
+    recall["9"] = 0.90  # five points under the shipped model's 99.2%: shown red
     gate = {
         "passed": False,
         "reason": "class 9's recall fell by 9.2 points",
@@ -522,7 +529,7 @@ def test_models_page_shows_a_retrained_versions_figures_side_by_side(app, client
         ],
     }
     registry.publish(
-        new_version(tmp_path / "m", "1.4.0"),
+        new_version(tmp_path / "m", versions.digits(2)),
         by="job 1",
         metrics={
             "base": {
@@ -551,28 +558,36 @@ def test_models_page_shows_a_retrained_versions_figures_side_by_side(app, client
     )
     assert "snapshot <code" in table and "job 1" in table
     section = re.search(r'id="model-digits">(.*?)</section>', page, re.S).group(1)
-    assert "1.4.0: confusion matrix" in section and "true 4, predicted 9: 5 (5.0%)" in section
+    assert (
+        f"{versions.digits(2)}: confusion matrix" in section
+        and "true 4, predicted 9: 5 (5.0%)" in section
+    )
 
 
 def test_roll_out_to_a_group_reaches_only_its_devices(app, client, tmp_path: Path):
     in_group = device_headers(app, "room-1", group="year-3")
     other = device_headers(app, "room-2")
     registry = app.extensions["hwr_sync"].registry
-    registry.publish(new_version(tmp_path / "m", "1.3.0"), by="t")
-    registry.rollback("digits", "1.2.0", by="t")
+    registry.publish(new_version(tmp_path / "m", versions.digits(1)), by="t")
+    registry.rollback("digits", versions.digits(), by="t")
     token = signed_in(client)
     r = client.post(
         "/admin/models/rollout",
-        data={"csrf_token": token, "name": "digits", "version": "1.3.0", "group": "year-3"},
+        data={
+            "csrf_token": token,
+            "name": "digits",
+            "version": versions.digits(1),
+            "group": "year-3",
+        },
     )
     assert r.status_code == 303
     assert "released to the devices of group year-3" in client.get("/admin/models").text
-    assert models_as_device(client, in_group)["digit"] == "1.3.0"
-    assert models_as_device(client, other)["digit"] == "1.2.0"
+    assert models_as_device(client, in_group)["digit"] == versions.digits(1)
+    assert models_as_device(client, other)["digit"] == versions.digits()
     client.post(
         "/admin/models/rollout",
-        data={"csrf_token": token, "name": "digits", "version": "1.3.0", "group": ""},
+        data={"csrf_token": token, "name": "digits", "version": versions.digits(1), "group": ""},
     )
-    assert models_as_device(client, other)["digit"] == "1.3.0"
+    assert models_as_device(client, other)["digit"] == versions.digits(1)
     page = client.get("/admin/").text
     assert re.search(r'data-device="room-1">.*?year-3', page, re.S)

@@ -21,6 +21,7 @@ import requests
 from sync_server import jobs, merge
 from sync_server.config import load_config
 from sync_server.state import open_state
+from tests import versions
 from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS
 from tests.sync_harness import ADMIN_TOKEN, MODELS, SyncServer, last_line, run_cli, wait_for
 from tests.sync_server_helpers import item, new_version
@@ -79,7 +80,7 @@ def school(tmp_path_factory: pytest.TempPathFactory) -> Iterator[School]:
     for name, group in (("room-1", "class-4b"), ("room-2", None), ("room-3", None)):
         args = ["add-device", name] + (["--group", group] if group else [])
         tokens[name] = last_line(run_cli(*args, data_dir=data))
-    run_cli("publish", str(new_version(work / "new", "1.3.0")), data_dir=data)
+    run_cli("publish", str(new_version(work / "new", versions.digits(1))), data_dir=data)
     server = SyncServer(data, env={"HWR_SYNC_START_WORKER": "false"})
     try:
 
@@ -114,7 +115,7 @@ def school(tmp_path_factory: pytest.TempPathFactory) -> Iterator[School]:
             r = requests.post(
                 server.url + "/api/v1/heartbeat",
                 json={
-                    "models": {"digit": {"name": "digits", "version": "1.3.0"}},
+                    "models": {"digit": {"name": "digits", "version": versions.digits(1)}},
                     "pending": 2,
                     "tunnel_url": tunnel,
                 },
@@ -218,7 +219,7 @@ def test_each_page_renders_with_its_data(page, school):
     p.wait_for_url(school.url + "/admin/")
     row = p.locator('tr[data-device="room-1"]')
     assert "online" in row.inner_text() and "class-4b" in row.inner_text()
-    assert "digits 1.3.0" in row.inner_text()
+    assert f"digits {versions.digits(1)}" in row.inner_text()
     assert row.locator("a[href='https://room-1.example.ngrok.app/']").count() == 1
     assert "offline" in p.locator('tr[data-device="room-3"]').inner_text()
     assert row.locator("td.num").nth(1).inner_text() == "14"  # its corrections
@@ -234,7 +235,7 @@ def test_each_page_renders_with_its_data(page, school):
     assert widths and set(widths) == {28}
     p.click("nav >> text=Models")
     table = p.locator('table[data-model="digits"]')
-    assert "1.3.0" in table.locator("thead").inner_text()
+    assert versions.digits(1) in table.locator("thead").inner_text()
     assert "99.63%" in table.inner_text()
     assert p.locator("#model-digits svg.plot").count() >= 1
     p.click("nav >> text=Jobs")
@@ -280,27 +281,28 @@ def test_quarantine_decisions_are_recorded_with_who_and_when(page, school):
 
 def test_roll_out_to_a_group_then_roll_back(page, school):
     p = page.page
-    assert school.serves("room-1") == "1.3.0" and school.serves("room-2") == "1.3.0"
+    shipped, new = versions.digits(), versions.digits(1)
+    assert school.serves("room-1") == new and school.serves("room-2") == new
     sign_in(page, school.url)
     p.goto(school.url + "/admin/models")
-    p.click('form.rollback button[data-version="1.2.0"]')  # the page asks first: accepted
-    assert "digits 1.2.0 is the current release again" in p.locator(".flash").inner_text()
-    assert school.serves("room-1") == "1.2.0" and school.serves("room-2") == "1.2.0"
+    p.click(f'form.rollback button[data-version="{shipped}"]')  # the page asks first: accepted
+    assert f"digits {shipped} is the current release again" in p.locator(".flash").inner_text()
+    assert school.serves("room-1") == shipped and school.serves("room-2") == shipped
     hb = requests.post(
         school.url + "/api/v1/heartbeat",
         json={},
         headers={"Authorization": f"Bearer {school.tokens['room-2']}"},
         timeout=10,
     ).json()
-    assert hb["models"]["digit"]["version"] == "1.2.0"
-    # 1.3.0 to group class-4b only: room-1 (in it) swaps, room-2 keeps 1.2.0
+    assert hb["models"]["digit"]["version"] == shipped
+    # the new version to group class-4b only: room-1 (in it) swaps, room-2 keeps the shipped one
     form = p.locator('table[data-model="digits"] form.rollout').filter(
-        has=p.locator('input[name="version"][value="1.3.0"]')
+        has=p.locator(f'input[name="version"][value="{new}"]')
     )
     form.locator("select").select_option("class-4b")
     form.locator("button").click()
     assert "released to the devices of group class-4b" in p.locator(".flash").inner_text()
-    assert school.serves("room-1") == "1.3.0" and school.serves("room-2") == "1.2.0"
+    assert school.serves("room-1") == new and school.serves("room-2") == shipped
     releases = p.locator("#releases").inner_text()
     assert "class-4b" in releases and WHO in releases
 
@@ -343,7 +345,8 @@ def test_a_form_post_without_its_csrf_token_is_refused(page, school):
     p.wait_for_url(school.url + "/admin/")
     before = school.serves("room-2")
     r = p.request.post(
-        school.url + "/admin/models/rollback", form={"name": "digits", "version": "1.3.0"}
+        school.url + "/admin/models/rollback",
+        form={"name": "digits", "version": versions.digits(1)},
     )
     assert r.status == 403 and r.json()["error"]["code"] == "csrf_failed"
     assert school.serves("room-2") == before

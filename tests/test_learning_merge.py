@@ -26,6 +26,7 @@ from sync_server.devices import add_device
 from sync_server.merge import Policy, assess, capped
 from sync_server.retrain import gate
 from sync_server.snapshots import make_snapshot, read_snapshot, split_by_device, write_snapshot
+from tests import versions
 from tests.pg import database_url, pg_cluster, pg_url  # noqa: F401 - SQLite and PostgreSQL
 from tests.sync_server_helpers import MODELS_DIR, item, new_version
 from tests.test_dashboard import sign_in
@@ -115,7 +116,7 @@ def store(client, token: str, items: list[dict]) -> None:
 
 def score(app, mode: str = "digit") -> dict:
     s = st(app)
-    merge.score_pending(s.engine, mode, "1.2.0", fake_scorer)
+    merge.score_pending(s.engine, mode, versions.digits(), fake_scorer)
     return merge.reassess(s.engine, mode, Policy.from_config(s.config))
 
 
@@ -398,9 +399,9 @@ def test_rollout_to_a_group_then_every_device(app, tmp_path):
     client = app.test_client()
     a = add_device(s.engine, "pilot-1", "pilot")
     b = add_device(s.engine, "room-9")
-    s.registry.publish(new_version(tmp_path, "1.3.0"), by="ms-head")  # to everyone
-    s.registry.rollback("digits", "1.2.0", by="ms-head")
-    s.registry.rollout("digits", "1.3.0", "pilot", by="ms-head")
+    s.registry.publish(new_version(tmp_path, versions.digits(1)), by="ms-head")  # to everyone
+    s.registry.rollback("digits", versions.digits(), by="ms-head")
+    s.registry.rollout("digits", versions.digits(1), "pilot", by="ms-head")
 
     def served(token):
         r = client.get("/api/v1/models", headers={"Authorization": f"Bearer {token}"})
@@ -411,14 +412,14 @@ def test_rollout_to_a_group_then_every_device(app, tmp_path):
         assert hb["version"] == rel["version"] and hb["sequence"] == rel["sequence"]
         return rel["version"], rel["sequence"]
 
-    assert served(a) == ("1.3.0", 4) and served(b) == ("1.2.0", 3)
+    assert served(a) == (versions.digits(1), 4) and served(b) == (versions.digits(), 3)
     with pytest.raises(Exception, match="already"):
-        s.registry.rollout("digits", "1.3.0", "pilot", by="ms-head")
-    s.registry.rollout("digits", "1.3.0", None, by="ms-head")
-    assert served(a) == ("1.3.0", 5) and served(b) == ("1.3.0", 5)
+        s.registry.rollout("digits", versions.digits(1), "pilot", by="ms-head")
+    s.registry.rollout("digits", versions.digits(1), None, by="ms-head")
+    assert served(a) == (versions.digits(1), 5) and served(b) == (versions.digits(1), 5)
     v = {x["version"]: x for x in s.registry.versions("digits")}
-    assert v["1.3.0"]["current"] and v["1.3.0"]["published_by"] == "ms-head"
-    assert [(r["sequence"], r["group"]) for r in v["1.3.0"]["rollouts"]] == [
+    assert v[versions.digits(1)]["current"] and v[versions.digits(1)]["published_by"] == "ms-head"
+    assert [(r["sequence"], r["group"]) for r in v[versions.digits(1)]["rollouts"]] == [
         (2, None),
         (4, "pilot"),
         (5, None),
@@ -456,10 +457,10 @@ def test_admin_routes_need_the_token_and_answer_json(app, tmp_path):
     assert client.get("/api/v1/admin/jobs/999", headers=ADMIN_H).status_code == 404
     devs = client.get("/api/v1/admin/devices/agreement", headers=ADMIN_H).json["devices"]
     assert {d["device"]: d["agreement"] for d in devs}["room-2"] == 0.0
-    st(app).registry.publish(new_version(tmp_path, "1.4.0"), by="x")
+    st(app).registry.publish(new_version(tmp_path, versions.digits(2)), by="x")
     r = client.post(
         "/api/v1/admin/rollout",
-        json={"name": "digits", "version": "1.2.0", "group": "pilot"},
+        json={"name": "digits", "version": versions.digits(), "group": "pilot"},
         headers=ADMIN_H,
     )
     assert r.status_code == 200 and r.json["group"] == "pilot"
@@ -468,7 +469,8 @@ def test_admin_routes_need_the_token_and_answer_json(app, tmp_path):
     )
     assert r.status_code == 404 and r.json["error"]["code"] == "unknown_version"
     vs = client.get("/api/v1/admin/versions?name=digits", headers=ADMIN_H).json["versions"]
-    assert [v["version"] for v in vs] == ["1.2.0", "1.4.0"] and vs[0]["groups"] == ["pilot"]
+    assert [v["version"] for v in vs] == [versions.digits(), versions.digits(2)]
+    assert vs[0]["groups"] == ["pilot"]
     r = client.post("/api/v1/admin/retrain", data="x", headers=ADMIN_H)
     assert r.status_code == 400 and set(r.json) == {"error"}
     json.dumps(client.get("/api/v1/admin/corrections/classes?mode=digit", headers=ADMIN_H).json)

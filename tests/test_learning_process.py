@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import requests
 
+from tests import versions
 from tests.learning_harness import School, correction, require_data
 from tests.sync_harness import free_port, run_cli, wait_for
 
@@ -75,7 +76,7 @@ def test_a_killed_worker_and_a_server_killed_mid_publish_leave_nothing_half_done
         job = school.wait_job(job_id, lambda j: j["status"] == "failed", 60, "the job to fail")
         assert "worker stopped during training" in job["reason"]
         assert model_rows(school.data) == shipped
-        assert school.served(0)["digit"]["version"] == "1.2.0"
+        assert school.served(0)["digit"]["version"] == versions.digits()
         # 2. run again; the whole server (and its worker) is SIGKILLed inside the publish
         school.stop()
         school.serve(port, HWR_SYNC_PUBLISH_PAUSE="30")
@@ -83,16 +84,18 @@ def test_a_killed_worker_and_a_server_killed_mid_publish_leave_nothing_half_done
         assert job2["id"] != job_id and not job2["joined"]
         school.wait_job(job2["id"], lambda j: j["stage"] == "publishing", 400, "the publish")
         wait_for(
-            lambda: (school.data / "models" / "digits" / f"1.2.0-r{job2['id']}.tflite").exists(),
+            lambda: (
+                school.data / "models" / "digits" / f"{versions.digits()}-r{job2['id']}.tflite"
+            ).exists(),
             30,
             "the new file in place before the commit",
         )
         school.stop(signal.SIGKILL)
         assert model_rows(school.data) == shipped
         school.serve(port)
-        assert school.served(1)["digit"]["version"] == "1.2.0"
+        assert school.served(1)["digit"]["version"] == versions.digits()
         r = requests.get(
-            f"{school.server.url}/api/v1/models/digits/1.2.0-r{job2['id']}",
+            f"{school.server.url}/api/v1/models/digits/{versions.digits()}-r{job2['id']}",
             headers={"Authorization": f"Bearer {school.tokens[0]}"},
             timeout=10,
         )
@@ -106,14 +109,14 @@ def test_a_killed_worker_and_a_server_killed_mid_publish_leave_nothing_half_done
         )
         assert done["status"] == "published", done["reason"]
         rel = school.served(0)["digit"]
-        assert rel["version"] == done["version"] == f"1.2.0-r{job3['id']}"
+        assert rel["version"] == done["version"] == f"{versions.digits()}-r{job3['id']}"
         blob = requests.get(
             f"{school.server.url}/api/v1/models/digits/{rel['version']}",
             headers={"Authorization": f"Bearer {school.tokens[0]}"},
             timeout=30,
         ).content
         assert hashlib.sha256(blob).hexdigest() == rel["sha256"] and len(blob) == rel["length"]
-        assert rel["manifest"]["parent_version"] == "1.2.0"
+        assert rel["manifest"]["parent_version"] == versions.digits()
         assert rel["manifest"]["training"]["snapshot"] == done["snapshot"]
         v = {
             x["version"]: x for x in school.admin("GET", "versions?name=digits").json()["versions"]
@@ -151,7 +154,7 @@ def test_the_gate_refuses_a_model_taught_flipped_labels_by_three_devices(tmp_pat
         assert done["status"] == "refused", done
         assert "class_recall: largest recall fall: '1'" in done["reason"]
         assert not done["gate"]["passed"] and done["gate"]["checks"][1]["check"] == "class_recall"
-        assert school.served(0)["digit"]["version"] == "1.2.0"
+        assert school.served(0)["digit"]["version"] == versions.digits()
         assert len(school.admin("GET", "versions?name=digits").json()["versions"]) == 1
     finally:
         school.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests import versions
 from tests.sync_harness import (
     SyncedEdge,
     SyncServer,
@@ -36,14 +37,13 @@ def test_the_canvas_says_when_a_new_model_arrives_and_shows_the_server_online(
         models = page.locator("#models")
         assert models.get_attribute("data-state") == "ok"
         assert "New model" not in models.text_content()
-        assert "1.2.0" in models.text_content()
+        assert versions.digits() in models.text_content()
 
-        run_cli("publish", str(new_model_version(tmp_path, "9.0.0")), data_dir=data)
-        wait_for(
-            lambda: edge.health()["models"]["digit"]["version"] == "9.0.0", 30, "the new model"
-        )
+        new = versions.digits(1)
+        run_cli("publish", str(new_model_version(tmp_path, new)), data_dir=data)
+        wait_for(lambda: edge.health()["models"]["digit"]["version"] == new, 30, "the new model")
         page.wait_for_selector("#models[data-state='new']")
-        assert "New model" in models.text_content() and "9.0.0" in models.text_content()
+        assert "New model" in models.text_content() and new in models.text_content()
     finally:
         if context is not None:
             context.close()

@@ -18,6 +18,7 @@ from sync_server.app import close_app, create_app
 from sync_server.config import load_config
 from sync_server.devices import add_device, revoke_device
 from sync_server.registry import Registry, RegistryError
+from tests import versions
 from tests.pg import database_url, pg_cluster, pg_url  # noqa: F401 - SQLite and PostgreSQL
 from tests.sync_server_helpers import MODELS_DIR, image_b64, item, new_version
 
@@ -91,7 +92,7 @@ def test_corrections_are_stored_once_and_replays_are_duplicates(app, client):
     rows = stored_rows(app)
     assert sorted(r.uuid for r in rows) == sorted(i["id"] for i in batch)
     row = next(r for r in rows if r.uuid == batch[0]["id"])
-    assert row.label == "7" and len(row.image) == 784 * 4 and row.model_version == "1.2.0"
+    assert row.label == "7" and len(row.image) == 784 * 4 and row.model_version == versions.digits()
     assert json.loads(row.strokes) == batch[0]["strokes"]
 
 
@@ -210,7 +211,7 @@ ROUTES = [
     ("post", "/api/v1/corrections"),
     ("post", "/api/v1/heartbeat"),
     ("get", "/api/v1/models"),
-    ("get", "/api/v1/models/digits/1.2.0"),
+    ("get", "/api/v1/models/digits/{shipped}"),
     ("get", "/api/v1/notify"),  # the WebSocket upgrade
     ("get", "/api/v1/admin/summary"),
 ]
@@ -221,7 +222,8 @@ def test_missing_wrong_or_revoked_tokens_get_the_same_401_on_every_route(app, cl
     revoke_device(st(app).engine, "gone")
     cases = [{}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic abc"}, revoked]
     bodies = set()
-    for method, path in ROUTES:
+    for method, route in ROUTES:
+        path = route.format(shipped=versions.digits())
         for headers in cases:
             if path.endswith("/notify"):
                 headers = {**headers, **UPGRADE}
@@ -274,7 +276,7 @@ def test_unknown_paths_and_methods_answer_the_error_shape(app, client):
 def test_heartbeat_is_recorded_and_names_the_current_releases(app, client):
     h = device(app)
     body = {
-        "models": {"digit": {"name": "digits", "version": "1.2.0"}},
+        "models": {"digit": {"name": "digits", "version": versions.digits()}},
         "pending": 4,
         "software": "0.1.0",
         "clock": 1.5e9,
@@ -283,7 +285,11 @@ def test_heartbeat_is_recorded_and_names_the_current_releases(app, client):
     }
     r = client.post("/api/v1/heartbeat", json=body, headers=h)
     assert r.status_code == 200
-    assert r.json["models"]["digit"] == {"name": "digits", "version": "1.2.0", "sequence": 1}
+    assert r.json["models"]["digit"] == {
+        "name": "digits",
+        "version": versions.digits(),
+        "sequence": 1,
+    }
     assert r.json["models"]["char"]["name"] == "characters"
     with db.reading(st(app).engine) as conn:
         row = conn.execute(select(db.devices)).one()
@@ -305,19 +311,20 @@ def test_models_answer_signed_releases_with_an_etag(app, client, tmp_path):
     st(app).registry.publish(new_version(tmp_path / "new"), by="test")
     changed = client.get("/api/v1/models", headers={**h, "If-None-Match": r.headers["ETag"]})
     assert changed.status_code == 200 and changed.headers["ETag"] != r.headers["ETag"]
-    assert changed.json["models"]["digit"]["release"]["release"]["version"] == "1.3.0"
+    assert changed.json["models"]["digit"]["release"]["release"]["version"] == versions.digits(1)
 
 
 def test_model_file_has_etag_304_and_range_206(app, client):
     h = device(app)
     data = (MODELS_DIR / "digits.tflite").read_bytes()
     sha = json.loads((MODELS_DIR / "digits.json").read_text())["sha256"]
-    with client.get("/api/v1/models/digits/1.2.0", headers=h) as r:
+    url = f"/api/v1/models/digits/{versions.digits()}"
+    with client.get(url, headers=h) as r:
         assert r.status_code == 200 and r.data == data
         assert r.headers["ETag"] == f'"{sha}"'
-    with client.get("/api/v1/models/digits/1.2.0", headers={**h, "If-None-Match": f'"{sha}"'}) as r:
+    with client.get(url, headers={**h, "If-None-Match": f'"{sha}"'}) as r:
         assert r.status_code == 304
-    with client.get("/api/v1/models/digits/1.2.0", headers={**h, "Range": "bytes=1000-"}) as r:
+    with client.get(url, headers={**h, "Range": "bytes=1000-"}) as r:
         assert r.status_code == 206 and r.data == data[1000:]
         assert r.headers["Content-Range"] == f"bytes 1000-{len(data) - 1}/{len(data)}"
 
@@ -347,14 +354,14 @@ def test_publish_and_rollback_make_growing_signed_sequences(app, tmp_path):
     registry: Registry = st(app).registry
     key = st(app).key.public_key()
     first = registry.current("digits")
-    assert first.version == "1.2.0" and first.sequence == 1
+    assert first.version == versions.digits() and first.sequence == 1
     published = registry.publish(new_version(tmp_path / "new"), by="teacher")
-    assert (published.version, published.sequence) == ("1.3.0", 2)
+    assert (published.version, published.sequence) == (versions.digits(1), 2)
     r2 = rel.verify_release(published.document, key, trusted_sequence=1, mode="digit")
-    stored = Path(st(app).config.data_dir) / "models" / "digits" / "1.3.0.tflite"
+    stored = Path(st(app).config.data_dir) / "models" / "digits" / f"{versions.digits(1)}.tflite"
     rel.verify_file(r2, stored)
-    back = registry.rollback("digits", "1.2.0", by="teacher")
-    assert (back.version, back.sequence) == ("1.2.0", 3)
+    back = registry.rollback("digits", versions.digits(), by="teacher")
+    assert (back.version, back.sequence) == (versions.digits(), 3)
     r3 = rel.verify_release(back.document, key, trusted_sequence=2, mode="digit")
     assert r3.sha256 == first.document["release"]["sha256"]
     with pytest.raises(rel.ReplayedRelease):  # the device refuses the older release now
@@ -367,9 +374,8 @@ def test_publish_and_rollback_make_growing_signed_sequences(app, tmp_path):
         registry.rollback("digits", "0.0.1", by="teacher")
     assert e.value.code == "unknown_version"
     assert registry.current("digits").sequence == 3
-    shipped_chars = json.loads((MODELS_DIR / "characters.json").read_text())["version"]
     assert sorted(m["version"] for m in registry.models() if m["current"]) == sorted(
-        [shipped_chars, "1.2.0"]
+        [versions.characters(), versions.digits()]
     )
 
 
@@ -383,7 +389,13 @@ def test_a_publish_from_another_process_reaches_the_notifier(app, tmp_path):
         other.dispose()
     messages = s.notifier.poll()
     assert messages == [
-        {"type": "release", "mode": "digit", "name": "digits", "version": "1.3.0", "sequence": 2}
+        {
+            "type": "release",
+            "mode": "digit",
+            "name": "digits",
+            "version": versions.digits(1),
+            "sequence": 2,
+        }
     ]
     assert s.notifier.poll() == []  # once only
 

@@ -15,6 +15,7 @@ import requests
 import websocket
 
 from hwrcore import release as rel
+from tests import versions
 from tests.sync_server_helpers import MODELS_DIR, item, new_version
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,11 +125,11 @@ def test_cli_token_works_and_a_publish_reaches_the_notify_socket(server, tmp_pat
             "type": "release",
             "mode": "digit",
             "name": "digits",
-            "version": "1.3.0",
+            "version": versions.digits(1),
             "sequence": 2,
         }
-        cli(data, "rollback", "digits", "1.2.0")
-        assert json.loads(ws.recv())["version"] == "1.2.0"
+        cli(data, "rollback", "digits", versions.digits())
+        assert json.loads(ws.recv())["version"] == versions.digits()
     finally:
         ws.close()
     upgrade = {
@@ -141,7 +142,10 @@ def test_cli_token_works_and_a_publish_reaches_the_notify_socket(server, tmp_pat
     refused = requests.get(server.url + "/api/v1/notify", headers=upgrade, timeout=5)
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
     listed = cli(data, "models").stdout
-    assert re.search(r"^\* digits\t1\.2\.0", listed, re.M) and "1.3.0" in listed
+    assert (
+        re.search(rf"^\* digits\t{re.escape(versions.digits())}", listed, re.M)
+        and versions.digits(1) in listed
+    )
     cli(data, "revoke-device", "room-1")
     assert requests.get(server.url + "/api/v1/models", headers=h, timeout=5).status_code == 401
     assert "room-1\tclass-3\trevoked" in cli(data, "devices").stdout
