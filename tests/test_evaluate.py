@@ -236,3 +236,30 @@ def test_beats_by_hand() -> None:
     assert not beats({**good, "pendigits": weak["as_is"]}, pen_weak | {"pendigits": good["as_is"]})[
         0
     ]
+
+
+def test_a_speed_candidate_may_fall_by_the_tolerance_and_no_more() -> None:
+    from trainer.evaluate import beats
+
+    truth = np.array([0] * 50 + [1] * 50)
+    near = truth.copy()
+    near[0] = 1  # one image in 100 wrong
+    best = {"as_is": score(truth, truth, "ab"), "pendigits": score(truth, truth, "ab")}
+    cand = {"as_is": score(truth, near, "ab"), "pendigits": score(truth, truth, "ab")}
+    assert not beats(cand, best)[0]  # without a tolerance it must be better
+    assert not beats(best, best)[0]  # and a tie is not better
+    ok, text = beats(cand, best, tolerance=0.01)
+    assert ok and "(each may fall by 1.00 points)" in text
+    assert not beats(cand, best, tolerance=0.005)[0]
+    # The strokes are held to the same tolerance.
+    worse_pen = {**best, "pendigits": score(truth, np.zeros_like(truth), "ab")}
+    assert not beats(worse_pen, best, tolerance=0.01)[0]
+    with pytest.raises(ValueError, match="tolerance"):
+        beats(cand, best, tolerance=0.2)
+
+
+def test_held_out_writers_come_from_the_manifest_s_training_config() -> None:
+    from trainer.evaluate import held_out_writers
+
+    assert held_out_writers({"config": {"pendigits_val_writers": 3}}) == 3
+    assert held_out_writers({}) == 5

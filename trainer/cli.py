@@ -279,6 +279,18 @@ def _add_validate(sub) -> None:
         default=0.6,
         help="with --baseline: every class's recall must reach this (default 0.6)",
     )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="with --baseline, for a candidate chosen for speed: points each figure may fall "
+        "(e.g. 0.1; default 0: it must be better)",
+    )
+    p.add_argument(
+        "--pendigits-val-writers",
+        type=int,
+        help="digits: pendigits writers held out (default: the candidate's training config)",
+    )
 
 
 def cmd_validate(args) -> int:
@@ -293,6 +305,7 @@ def cmd_validate(args) -> int:
         val_size=args.val_size,
         seed=args.seed,
         relabel=args.relabel,
+        pendigits_val_writers=args.pendigits_val_writers,
     )
     for key in ("as_is", "relabelled", "pendigits"):
         if key not in res:
@@ -316,6 +329,8 @@ def cmd_validate(args) -> int:
         return 0
     from .evaluate import beats
 
+    # The baseline is read on the candidate's slices, the same writers included.
+    writers = len(res["pendigits"]["writers"]) if "pendigits" in res else None
     base = validate(
         args.task,
         args.baseline,
@@ -323,8 +338,9 @@ def cmd_validate(args) -> int:
         val_size=args.val_size,
         seed=args.seed,
         relabel=args.relabel,
+        pendigits_val_writers=writers,
     )
-    ok, reasons = beats(res, base, args.min_recall)
+    ok, reasons = beats(res, base, args.min_recall, args.tolerance / 100)
     print(("better than the baseline: " if ok else "not better than the baseline: ") + reasons)
     return 0 if ok else 1
 
