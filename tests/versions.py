@@ -1,4 +1,5 @@
-"""The shipped models' versions (models_export/<name>.json) and versions newer than them.
+"""The shipped models' versions (models_export/<name>.json), versions newer than them, and
+the test figures their manifests carry.
 
 Tests name versions through these, never as literals, so that shipping a new model changes
 no test. The server and the edge compare versions only for equality (the order of releases
@@ -19,9 +20,24 @@ MAJOR_MINOR = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?")
 
 
 @functools.cache
+def manifest(name: str) -> dict:
+    """The manifest of shipped model ``name`` ("digits", "characters"), as JSON."""
+    return json.loads((MODELS_DIR / f"{name}.json").read_text())
+
+
 def shipped(name: str) -> str:
-    """The version of shipped model ``name`` ("digits", "characters"), from its manifest."""
-    return json.loads((MODELS_DIR / f"{name}.json").read_text())["version"]
+    """The version of shipped model ``name``."""
+    return manifest(name)["version"]
+
+
+def shown_accuracy(name: str) -> str:
+    """The shipped model's test accuracy as the dashboard shows it, e.g. "99.63%"."""
+    return f"{manifest(name)['metrics']['test_accuracy']:.2%}"
+
+
+def shown_recall(name: str, label: str) -> str:
+    """One class's test recall as the dashboard's recall table shows it, e.g. "99.2%"."""
+    return f"{manifest(name)['metrics']['per_class_recall'][label]:.1%}"
 
 
 def newer(version: str, n: int = 1) -> str:
