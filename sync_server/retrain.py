@@ -214,8 +214,8 @@ def keras_from_tflite(manifest_path: str | os.PathLike):  # type: ignore[no-unty
     from trainer.models import build
 
     m = load_manifest(manifest_path)
-    arch = {"paper_cnn": "paper-cnn", "paper_resnet": "paper-resnet", "wide_resnet": "wide-resnet"}
-    model = build(arch[m.architecture], len(m.labels))
+    # The manifest names the Keras model ("lite_cnn"); the trainer's flag spells it "lite-cnn".
+    model = build(m.architecture.replace("_", "-"), len(m.labels))
     cls, _ = load_interpreter_class()
     interp = cls(model_path=str(m.model_path(manifest_path)))
     interp.allocate_tensors()
