@@ -288,6 +288,16 @@ def _score(
     }
 
 
+def is_safe(summary: dict[str, dict], max_drop: float) -> bool:
+    """The grid's safety rule over a setting's summaries, one per condition (see calibrate)."""
+    return all(
+        v["others_drop_max"] <= max_drop
+        and v["gain_min"] >= -MAX_OWN_LOSS
+        and (name == "clean" or v["gain_mean"] >= 0.0)
+        for name, v in summary.items()
+    )
+
+
 def calibrate(
     f: Features, conditions: dict[str, list[WriterSplit]], max_drop: float
 ) -> tuple[PersonalOptions, dict[str, dict], int]:
@@ -308,12 +318,7 @@ def calibrate(
             summary = {
                 name: _score(f, conditions[name], votes[name], weight, eps, rule) for name in votes
             }
-            safe = all(
-                v["others_drop_max"] <= max_drop
-                and v["gain_min"] >= -MAX_OWN_LOSS
-                and (name == "clean" or v["gain_mean"] >= 0.0)
-                for name, v in summary.items()
-            )
+            safe = is_safe(summary, max_drop)
             clean = summary["clean"]
             # Safe first, then largest gain, then the true classes' log-probability in the worst
             # condition: accuracy ties where the model rarely errs, but a vote that would
@@ -397,6 +402,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(auto, when the manifest says it trained on pendigits) or all",
     )
     ap.add_argument(
+        "--options",
+        default=None,
+        help="measure these settings (JSON, e.g. the edge's defaults '{\"weight\": 0.5}' over "
+        "PersonalOptions()) instead of the grid's choice; the report says whether they are safe",
+    )
+    ap.add_argument(
         "--cache",
         type=Path,
         default=None,
@@ -446,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     train_cond = conditions(train, train_splits)
     test_cond = conditions(test, test_splits)
     opts, train_summary, tried = calibrate(train, train_cond, args.max_drop)
+    grid_choice = {k: getattr(opts, k) for k in GRID}
+    if args.options is not None:
+        opts = PersonalOptions.from_kwargs(**json.loads(args.options))
+        train_summary = {
+            name: summarise(evaluate(train, sp, opts)) for name, sp in train_cond.items()
+        }
     # The search's shortcut and the edge's own combine rule must agree on the chosen setting.
     for name, splits in train_cond.items():
         got, want = summarise(evaluate(train, splits, opts)), train_summary[name]
@@ -458,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     test_summary = {name: summarise(evaluate(test, sp, opts)) for name, sp in test_cond.items()}
 
     chosen = {k: getattr(opts, k) for k in GRID}
+    how_chosen = (
+        f"chosen over {tried} settings on"
+        if args.options is None
+        else f"given by --options ({'safe' if is_safe(train_summary, args.max_drop) else 'NOT safe'}"
+        f" by the grid's rule; the grid chose `{json.dumps(grid_choice)}` over {tried} settings) on"
+    )
     how = "the first" if args.selection == "first" else f"a random (seed {args.seed})"
     per_writer = args.per_digit * n_classes
     described = {
@@ -490,9 +513,10 @@ def main(argv: list[str] | None = None) -> int:
             "",
             *robust,
             "",
-            f"Parameters: `{json.dumps(chosen)}`, chosen over {tried} settings on "
+            f"Parameters: `{json.dumps(chosen)}`, {how_chosen} "
             f"{len(train_splits)} pendigits {cal_why} "
-            f"({', '.join(map(str, sorted(cal_writers)))}): the largest mean gain among settings "
+            f"({', '.join(map(str, sorted(cal_writers)))}); the grid's rule: the largest mean "
+            "gain among settings "
             f"where, in all three conditions ({args.draws} random draws per writer of each stress), "
             f"no writer's corrections cost the others more than {args.max_drop} points or "
             f"themselves more than {MAX_OWN_LOSS:g}, and with wrong or sparse corrections the "
@@ -521,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
                         "draws": args.draws,
                     },
                     "parameters": asdict(opts),
+                    "grid_choice": grid_choice,
                     "calibration": train_summary,
                     "test": test_summary,
                     "test_writers": rows,

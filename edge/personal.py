@@ -30,10 +30,10 @@ RULES = ("geometric", "mixture")
 class PersonalOptions:
     """Parameters of the kNN vote and of its combination with the model."""
 
-    # Defaults calibrated by bench/personalise.py on the digit model 1.2.0 (see bench/README.md).
+    # Defaults calibrated by bench/personalise.py on the digit model 1.3.0 (see bench/README.md).
     k: int = 3  # neighbours that vote
     threshold: float = 0.8  # cosine similarity a correction needs to vote at all
-    weight: float = 0.5  # the vote's weight when the top neighbour is identical (similarity 1)
+    weight: float = 0.25  # the vote's weight when the top neighbour is identical (similarity 1)
     eps: float = 0.001  # floor added to both distributions so neither can veto a class outright
     rule: str = "geometric"  # 'geometric': p^(1-g) * q^g; 'mixture': (1-g) p + g q
     cap: int = 2000  # corrections kept; the oldest go first

@@ -66,15 +66,18 @@ def digit_stats(edge) -> dict:
 
 # ---- correcting ------------------------------------------------------------------------------
 
+# A 1 with a long flag: digits 1.3.0 reads it 1 at 47%, 7 at 43%.
+ONE_OR_SEVEN = [[[100.0, 70.0], [150.0, 40.0], [150.0, 240.0]]]
 
-def test_undo_and_teacher_withdraw_take_a_correction_back_at_once(
-    playwright_browser, edge, pen_digits
-):
+
+def test_undo_and_teacher_withdraw_take_a_correction_back_at_once(playwright_browser, edge):
     context, page, recorder = open_page(playwright_browser, edge.url)
     try:
-        first = redraw(page, pen_digits[7])
-        assert first["source"] == "model"
-        wrong = "1" if first["label"] != "1" else "2"
+        # A 1 or a 7: the model hesitates, so the pupil's correction decides it (a drawing the
+        # model reads at 95% keeps its reading: one correction may be a mis-tap).
+        first = redraw(page, ONE_OR_SEVEN)
+        assert first["source"] == "model" and first["label"] in "17"
+        wrong = "7" if first["label"] == "1" else "1"
         page.click(f"#keypad [data-label='{wrong}']")
         page.wait_for_selector("#correction[data-state=ok]")
         # Stored: the drawing is cleared, the page says so and offers an undo for a while.
@@ -92,7 +95,7 @@ def test_undo_and_teacher_withdraw_take_a_correction_back_at_once(
         assert withdraw["by"] == "pupil"
         # The drawing comes back and reads as the model reads it: the correction left at once.
         again = settled(page)
-        assert page.get_attribute("#canvas", "data-strokes") == str(len(pen_digits[7]))
+        assert page.get_attribute("#canvas", "data-strokes") == str(len(ONE_OR_SEVEN))
         assert (again["label"], again["source"]) == (first["label"], "model")
         assert digit_stats(edge)["withdrawn"] == 1
 
@@ -100,7 +103,7 @@ def test_undo_and_teacher_withdraw_take_a_correction_back_at_once(
         # the wrong label from the device's corrections.
         page.click(f"#keypad [data-label='{wrong}']")
         page.wait_for_selector("#correction[data-state=ok]")
-        taught = redraw(page, pen_digits[7])
+        taught = redraw(page, ONE_OR_SEVEN)
         assert (taught["label"], taught["source"]) == (wrong, "personal")
 
         # A teacher takes it back later, from the settings, after saying they are one.
@@ -116,7 +119,7 @@ def test_undo_and_teacher_withdraw_take_a_correction_back_at_once(
         page.wait_for_selector("#teacher-list .teacher-done >> nth=1")
         assert recorder.sent_of("withdraw")[-1]["by"] == "teacher"
         page.click("#menu-close")
-        back = redraw(page, pen_digits[7])
+        back = redraw(page, ONE_OR_SEVEN)
         assert (back["label"], back["source"]) == (first["label"], "model")
         stats = digit_stats(edge)
         assert stats["withdrawn"] == 2
