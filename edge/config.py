@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from hwrcore import assets
-from hwrcore.settings import ConfigError, Layers, user_data_dir
+from hwrcore.settings import (
+    ConfigError,
+    Layers,
+    require_at_least,
+    require_common,
+    require_positive,
+    user_data_dir,
+)
 
 ENV_PREFIX = "HWR_EDGE_"
 # Settings never written to the log or a flag.
@@ -101,12 +108,14 @@ class EdgeConfig:
 
     def validate(self) -> None:
         """Reject values the process cannot run with, naming the setting."""
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be 0-65535, got {self.port}")
-        for name in ("correction_cap", "max_body_bytes", "ws_max_message_bytes", "ws_burst"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in (
+        require_common(self.port, self.log_level)
+        require_at_least(
+            self,
+            1,
+            "correction_cap",
+            "max_body_bytes",
+            "ws_max_message_bytes",
+            "ws_burst",
             "recent_predictions",
             "threads",
             "model_threads",
@@ -116,14 +125,10 @@ class EdgeConfig:
             "sockets_per_client",
             "viewer_session_minutes",
             "max_viewers",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.ws_messages_per_second > 0:
-            raise ConfigError(
-                f"ws_messages_per_second must be positive, got {self.ws_messages_per_second}"
-            )
-        for name in (
+        )
+        require_positive(
+            self,
+            "ws_messages_per_second",
             "sync_interval",
             "sync_connect_timeout",
             "sync_read_timeout",
@@ -133,9 +138,7 @@ class EdgeConfig:
             "request_timeout",
             "ws_idle_timeout",
             "tunnel_timeout",
-        ):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        )
         if self.sync_batch > 100:
             raise ConfigError(
                 f"sync_batch must be at most 100 (the server's limit), got {self.sync_batch}"
@@ -148,8 +151,6 @@ class EdgeConfig:
             raise ConfigError("set sync_token or sync_token_file, not both")
         if self.viewer_token and self.viewer_token_file:
             raise ConfigError("set viewer_token or viewer_token_file, not both")
-        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
-            raise ConfigError(f"log_level must be debug/info/warning/error, got {self.log_level!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (paths as strings, secrets masked), for the start-up log and for tests."""

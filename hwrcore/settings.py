@@ -36,6 +36,32 @@ class ConfigError(HwrError):
     code = "invalid_config"
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def require_at_least(settings: object, low: int, *names: str) -> None:
+    """Each named setting must be ``low`` or more (0 or 1); a ConfigError names the first that is not."""
+    want = "0 or more" if low == 0 else f"at least {low}"
+    for name in names:
+        if getattr(settings, name) < low:
+            raise ConfigError(f"{name} must be {want}, got {getattr(settings, name)}")
+
+
+def require_positive(settings: object, *names: str) -> None:
+    """Each named setting must be more than 0 (NaN is not)."""
+    for name in names:
+        if not getattr(settings, name) > 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(settings, name)}")
+
+
+def require_common(port: int, log_level: str) -> None:
+    """The settings every server component has: its ``port`` and ``log_level``."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port must be 0-65535, got {port}")
+    if log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be debug/info/warning/error, got {log_level!r}")
+
+
 def _convert(kind: str, value: object) -> Any:
     """``value`` as the type named ``kind`` (annotations are postponed: they are strings)."""
     if kind == "Path":

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from hwrcore import assets
-from hwrcore.settings import ConfigError, Layers, user_data_dir
+from hwrcore.settings import (
+    ConfigError,
+    Layers,
+    require_at_least,
+    require_common,
+    require_positive,
+    user_data_dir,
+)
 
 ENV_PREFIX = "HWR_SYNC_"
 ADMIN_TOKEN_ENV = "HWR_SYNC_ADMIN_TOKEN"
@@ -107,11 +114,12 @@ class SyncConfig:
 
     def validate(self) -> None:
         """Reject values the server cannot run with, naming the setting."""
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be 0-65535, got {self.port}")
+        require_common(self.port, self.log_level)
         if not 0 <= self.proxy_hops <= 5:
             raise ConfigError(f"proxy_hops must be 0-5, got {self.proxy_hops}")
-        for name in (
+        require_at_least(
+            self,
+            1,
             "max_body_bytes",
             "max_batch",
             "rate_burst",
@@ -123,12 +131,8 @@ class SyncConfig:
             "lift_devices",
             "retrain_epochs",
             "retrain_batch",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("rate_per_second", "release_poll_interval", "tunnel_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        )
+        require_positive(self, "rate_per_second", "release_poll_interval", "tunnel_timeout")
         for name in (
             "quarantine_confidence",
             "neighbour_similarity",
@@ -142,9 +146,9 @@ class SyncConfig:
             raise ConfigError(
                 f"retrain_layers must be 'auto', 'all' or 'head', got {self.retrain_layers!r}"
             )
-        for name in ("retrain_after", "replay_per_class", "eval_limit", "retrain_max_steps"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        require_at_least(
+            self, 0, "retrain_after", "replay_per_class", "eval_limit", "retrain_max_steps"
+        )
         if self.admin_token and self.admin_token_file:
             raise ConfigError(
                 "set admin_token (HWR_SYNC_ADMIN_TOKEN) or admin_token_file, not both"
@@ -154,13 +158,15 @@ class SyncConfig:
                 f"database_url must be a SQLAlchemy URL such as sqlite:///path or "
                 f"postgresql+psycopg://user@host/db, got {self.database_url!r}"
             )
-        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
-            raise ConfigError(f"log_level must be debug/info/warning/error, got {self.log_level!r}")
 
     @property
     def jobs_path(self) -> Path:
         """Huey's SQLite file: ``jobs_db``, else jobs.db in the data directory."""
-        return Path(self.jobs_db).expanduser().absolute() if self.jobs_db else self.data_dir / "jobs.db"
+        return (
+            Path(self.jobs_db).expanduser().absolute()
+            if self.jobs_db
+            else self.data_dir / "jobs.db"
+        )
 
     @property
     def db_url(self) -> str:

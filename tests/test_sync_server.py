@@ -401,6 +401,24 @@ def test_a_publish_from_another_process_reaches_the_notifier(app, tmp_path):
 
 
 # -- configuration and the signing key (no database) --------------------------------------------
+@pytest.mark.parametrize(
+    "setting,value,match",
+    [
+        ("port", 70000, "port must be 0-65535, got 70000"),
+        ("workers", 0, "workers must be at least 1, got 0"),
+        ("rate_per_second", 0.0, "rate_per_second must be positive, got 0.0"),
+        ("eval_limit", -1, "eval_limit must be 0 or more, got -1"),
+        ("heldout_share", 1.5, r"heldout_share must lie in \(0, 1\]"),
+        ("log_level", "loud", "log_level must be"),
+    ],
+)
+def test_config_names_the_setting_it_cannot_run_with(tmp_path, setting, value, match):
+    from sync_server.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        load_config(env={}, overrides={setting: value, "data_dir": tmp_path})
+
+
 def test_config_layers_refuse_unknown_keys_and_mask_secrets(tmp_path):
     from sync_server.config import ConfigError
 
