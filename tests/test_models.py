@@ -44,15 +44,23 @@ def test_the_paper_s_architectures_keep_their_size_and_the_lite_ones_are_smaller
             ("lite-resnet", 37),
         ]
     }
-    # The figures of the shipped models' architectures (digits 1.2.0, characters 1.1.0).
+    # The paper's figures (digits 1.2.0, characters 1.1.0), and the lighter ones'.
     assert params["paper-cnn"] == 427_690
     assert params["paper-resnet"] == 1_905_477
     assert params["lite-cnn"] < params["paper-cnn"] * 0.5
     assert params["lite-resnet"] < params["paper-resnet"] * 0.5
+
+
+def test_a_shipped_model_names_an_architecture_the_server_can_rebuild() -> None:
+    """The server's retraining rebuilds a shipped model's Keras layers from its manifest's
+    ``architecture`` (the Keras model's name): it must be the trainer's flag, spelt with _."""
+    from trainer.models import ARCHITECTURES
+
     for name in ("digits", "characters"):
         manifest = json.loads((ROOT / "models_export" / f"{name}.json").read_text())
         arch = manifest["training"]["config"]["arch"]
-        assert arch in ("paper-cnn", "paper-resnet"), (name, arch)
+        assert arch in ARCHITECTURES, (name, arch)
+        assert manifest["architecture"].replace("_", "-") == arch, (name, manifest["architecture"])
 
 
 def test_an_unknown_architecture_names_the_known_ones() -> None:
