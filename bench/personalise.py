@@ -458,16 +458,16 @@ def main(argv: list[str] | None = None) -> int:
     test_cond = conditions(test, test_splits)
     opts, train_summary, tried = calibrate(train, train_cond, args.max_drop)
     grid_choice = {k: getattr(opts, k) for k in GRID}
-    if args.options is not None:
-        opts = PersonalOptions.from_kwargs(**json.loads(args.options))
-        train_summary = {
-            name: summarise(evaluate(train, sp, opts)) for name, sp in train_cond.items()
-        }
     # The search's shortcut and the edge's own combine rule must agree on the chosen setting.
     for name, splits in train_cond.items():
         got, want = summarise(evaluate(train, splits, opts)), train_summary[name]
         if any(abs(got[key] - want[key]) > 1e-6 for key in ("gain_mean", "others_drop_max")):
             raise RuntimeError(f"calibration and evaluation disagree ({name}): {want} vs {got}")
+    if args.options is not None:
+        opts = PersonalOptions.from_kwargs(**json.loads(args.options))
+        train_summary = {
+            name: summarise(evaluate(train, sp, opts)) for name, sp in train_cond.items()
+        }
     t2 = time.perf_counter()
     print(f"calibrated over {tried} settings in {t2 - t1:.0f} s", file=sys.stderr)
     rows = evaluate(test, test_splits, opts)

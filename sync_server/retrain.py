@@ -211,11 +211,10 @@ def keras_from_tflite(manifest_path: str | os.PathLike):  # type: ignore[no-unty
     """
     from edge.runtime import load_interpreter_class
     from hwrcore.manifest import load_manifest
-    from trainer.models import build
+    from trainer.models import build, flag_of
 
     m = load_manifest(manifest_path)
-    # The manifest names the Keras model ("lite_cnn"); the trainer's flag spells it "lite-cnn".
-    model = build(m.architecture.replace("_", "-"), len(m.labels))
+    model = build(flag_of(m.architecture), len(m.labels))
     cls, _ = load_interpreter_class()
     interp = cls(model_path=str(m.model_path(manifest_path)))
     interp.allocate_tensors()

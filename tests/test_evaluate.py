@@ -258,8 +258,18 @@ def test_a_speed_candidate_may_fall_by_the_tolerance_and_no_more() -> None:
         beats(cand, best, tolerance=0.2)
 
 
-def test_held_out_writers_come_from_the_manifest_s_training_config() -> None:
+def test_held_out_writers_come_from_the_model_s_training_config() -> None:
     from trainer.evaluate import held_out_writers
 
-    assert held_out_writers({"config": {"pendigits_val_writers": 3}}) == 3
-    assert held_out_writers({}) == 5
+    assert held_out_writers({"pendigits_val_writers": 3}) == 3
+    assert held_out_writers({}) == 5  # the trainer's default
+
+
+def test_validate_refuses_a_baseline_of_another_task(data_dir: Path) -> None:
+    from trainer.evaluate import validate
+
+    shipped = require_models()
+    with pytest.raises(ValueError, match="other labels"):
+        validate(
+            "digits", [shipped / "digits.json", shipped / "characters.json"], data_dir, val_size=50
+        )

@@ -298,9 +298,11 @@ def cmd_validate(args) -> int:
 
     from .evaluate import validate
 
-    res = validate(
+    # A baseline is read on the same slices as the model, the same writers included.
+    models = [args.manifest, *([args.baseline] if args.baseline else [])]
+    res, *base = validate(
         args.task,
-        args.manifest,
+        models,
         args.data_dir,
         val_size=args.val_size,
         seed=args.seed,
@@ -329,18 +331,7 @@ def cmd_validate(args) -> int:
         return 0
     from .evaluate import beats
 
-    # The baseline is read on the candidate's slices, the same writers included.
-    writers = len(res["pendigits"]["writers"]) if "pendigits" in res else None
-    base = validate(
-        args.task,
-        args.baseline,
-        args.data_dir,
-        val_size=args.val_size,
-        seed=args.seed,
-        relabel=args.relabel,
-        pendigits_val_writers=writers,
-    )
-    ok, reasons = beats(res, base, args.min_recall, args.tolerance / 100)
+    ok, reasons = beats(res, base[0], args.min_recall, args.tolerance / 100)
     print(("better than the baseline: " if ok else "not better than the baseline: ") + reasons)
     return 0 if ok else 1
 

@@ -49,7 +49,7 @@ def training_data(
         return f"EMNIST ByMerge train split, the 37 letter classes ({split}); {_AUGMENTED}"
     if n_writers is None:
         raise ValueError("the digits' training data needs the number of pendigits writers")
-    n_val = int(config.get("pendigits_val_writers", 5))
+    n_val = held_out_writers(config)
     return (
         f"MNIST train ({split}) and the pendigits training-file writers' strokes rendered by "
         f"hwrcore.preprocess ({n_writers - n_val} of {n_writers} writers, each drawing once as "
@@ -428,20 +428,21 @@ def _write_text(path: Path, text: str) -> None:
 
 def validate(
     task: str,
-    manifest_path: str | os.PathLike,
+    manifest_paths: Sequence[str | os.PathLike],
     data_dir: str | os.PathLike | None = None,
     *,
     val_size: int = 5000,
     seed: int = 1234,
     relabel: str | os.PathLike | None = None,
     pendigits_val_writers: int | None = None,
-) -> dict[str, Any]:
-    """Score an int8 model on the validation slice held out of the training split.
+) -> list[dict[str, Any]]:
+    """Score int8 models on the validation slice held out of the training split, one result
+    per manifest; the data is loaded and prepared once for all of them.
 
     The slice is the one training holds out with the same ``val_size`` and ``seed``, so
     models trained with those settings are compared on images none of them saw. With
     ``relabel``, also on the slice's relabelled labels (the list's training entries).
-    Digits are also scored on the pendigits writers training held out: as many as the
+    Digits are also scored on the pendigits writers training held out: as many as the first
     manifest's training config says unless ``pendigits_val_writers`` is given.
     """
     from edge.classifier import Classifier
@@ -452,36 +453,52 @@ def validate(
     _, val = _holdout(x, y, val_size, seed)
     if val is None:
         raise ValueError("val_size must be positive to validate")
-    clf = Classifier(manifest_path)
-    labels = clf.manifest.labels
-    pred = predict(clf, val.x.astype(np.float32) / 255.0)
-    out: dict[str, Any] = {"n": len(val.y), "as_is": score(val.y, pred, labels)}
+    images = val.x.astype(np.float32) / 255.0
+    classifiers = [Classifier(path) for path in manifest_paths]
+    labels = classifiers[0].manifest.labels
+    for clf in classifiers[1:]:
+        if clf.manifest.labels != labels:
+            raise ValueError(f"{clf.manifest_path} has other labels than {manifest_paths[0]}")
+    relabelled = None
+    if relabel:
+        from .relabel import apply_relabel, load_list
+
+        relabelled = apply_relabel(val.x, val.y, load_list(relabel), list(labels), "train")
+    strokes = None
     if task == "digits":
         # The stroke figure beside the image one: the pendigits training-file writers that
         # training holds out, drawn on the canvas and preprocessed as on a device.
         from .datasets import pendigits_writer_split
 
+        first = classifiers[0].manifest
         if pendigits_val_writers is None:
-            pendigits_val_writers = held_out_writers(clf.manifest.training)
+            pendigits_val_writers = held_out_writers(first.training.get("config") or {})
         pen = load_pendigits(data_dir, "train")
         _, held = pendigits_writer_split(pen, pendigits_val_writers)
-        px, py = canvas_inputs([s for s in pen if s.writer in held], clf.manifest.style)
-        out["pendigits"] = score(py, predict(clf, px), labels)
-        out["pendigits"]["writers"] = sorted(held)
-    if relabel:
-        from .relabel import apply_relabel, load_list
+        px, py = canvas_inputs([s for s in pen if s.writer in held], first.style)
+        strokes = (px, py, sorted(held))
+    results = []
+    for clf in classifiers:
+        pred = predict(clf, images)
+        out: dict[str, Any] = {"n": len(val.y), "as_is": score(val.y, pred, labels)}
+        if strokes is not None:
+            px, py, writers = strokes
+            out["pendigits"] = score(py, predict(clf, px), labels)
+            out["pendigits"]["writers"] = writers
+        if relabelled is not None:
+            y_re, moved = relabelled
+            out["relabelled"] = score(y_re, pred, labels)
+            out["relabelled"]["moved"] = moved
+        results.append(out)
+    return results
 
-        y_re, moved = apply_relabel(val.x, val.y, load_list(relabel), list(labels), "train")
-        out["relabelled"] = score(y_re, pred, labels)
-        out["relabelled"]["moved"] = moved
-    return out
 
+def held_out_writers(config: dict[str, Any]) -> int:
+    """How many pendigits training-file writers a digit model's training held out, from its
+    saved training config (the trainer's default where the config predates the setting)."""
+    from .config import TrainConfig
 
-def held_out_writers(training: dict[str, Any]) -> int:
-    """How many pendigits training-file writers a digit model's training held out, from
-    its manifest's ``training`` record."""
-    config = training.get("config") or {}
-    return int(config.get("pendigits_val_writers", 5))
+    return int(config.get("pendigits_val_writers", TrainConfig.pendigits_val_writers))
 
 
 def beats(

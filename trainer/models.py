@@ -117,6 +117,15 @@ ARCHITECTURES: dict[str, Callable[[int], keras.Model]] = {
 }
 
 
+def flag_of(model_name: str) -> str:
+    """The architecture flag of a built model from its Keras name (a manifest's
+    ``architecture``): "lite_cnn" -> "lite-cnn"; unknown names fail with the known ones."""
+    arch = model_name.replace("_", "-")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {model_name!r}; known: {sorted(ARCHITECTURES)}")
+    return arch
+
+
 def build(arch: str, num_classes: int) -> keras.Model:
     """Build an architecture by name; unknown names fail with the list of known ones."""
     try:
