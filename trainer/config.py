@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .augment import AugmentConfig
+from .datasets import PENDIGITS_VAL_WRITERS
 
 TASKS = ("digits", "characters")
 
@@ -33,7 +34,7 @@ class TrainConfig:
     data_dir: str = ""
     out_dir: str = ""
     pendigits_variants: int = 3  # augmented renders of each pendigits training stroke set
-    pendigits_val_writers: int = 5  # training-file writers held out for validation
+    pendigits_val_writers: int = PENDIGITS_VAL_WRITERS  # training-file writers held out
     extra: str = ""  # comma list of extra training data: 'emnist-digits'
     mixed_precision: bool = False  # bfloat16 pays only on CPUs with native bf16 (AVX-512 BF16, AMX)
     threads: int = 0  # 0: TensorFlow's default

@@ -32,6 +32,9 @@ def _to_u8(images: list[np.ndarray]) -> np.ndarray:
     return np.clip(np.rint(np.stack(images) * 255.0), 0, 255).astype(np.uint8)
 
 
+PENDIGITS_VAL_WRITERS = 5  # training-file writers held out for validation, by default
+
+
 def pendigits_writer_split(samples: list[PenSample], n_val: int) -> tuple[set[int], set[int]]:
     """Writers of the training file split into (train, validation) sets, deterministically."""
     writers = sorted({s.writer for s in samples})

@@ -496,9 +496,9 @@ def validate(
 def held_out_writers(config: dict[str, Any]) -> int:
     """How many pendigits training-file writers a digit model's training held out, from its
     saved training config (the trainer's default where the config predates the setting)."""
-    from .config import TrainConfig
+    from .datasets import PENDIGITS_VAL_WRITERS
 
-    return int(config.get("pendigits_val_writers", TrainConfig.pendigits_val_writers))
+    return int(config.get("pendigits_val_writers", PENDIGITS_VAL_WRITERS))
 
 
 def beats(
