@@ -25,6 +25,8 @@ class LabelSet:
 
     name: str
     labels: tuple[str, ...]
+    # Groups of classes one shape belongs to alike, which no model can tell apart by shape.
+    same_shape: tuple[tuple[str, ...], ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,7 +55,8 @@ class LabelSet:
 
 
 DIGITS = LabelSet("digits", DIGIT_LABELS)
-CHARACTERS = LabelSet("characters", CHARACTER_LABELS)
+# A single vertical stroke is a capital I or a lower-case l, which ByMerge files under L.
+CHARACTERS = LabelSet("characters", CHARACTER_LABELS, same_shape=(("I", "L"),))
 
 LABEL_SETS = {"digit": DIGITS, "char": CHARACTERS}
 

@@ -42,11 +42,38 @@ AUTO_LAYERS = {"digits": "all", "characters": "head"}
 
 
 # -- the gate (pure) ---------------------------------------------------------------------------
+def judged_recall(
+    base: dict[str, Any], same_shape: Sequence[Sequence[str]] = ()
+) -> dict[str, float]:
+    """Each class's base recall as the gate judges it. The classes of a same-shape group (a
+    vertical stroke is I or l) are judged as one, "I/L": a drawing of any of them read as any of
+    them counts, from the confusion matrix. Without a matrix every class stands alone."""
+    recall = {str(k): float(v) for k, v in base["per_class_recall"].items()}
+    labels, cm = base.get("labels"), base.get("confusion_matrix")
+    if not labels or not cm:
+        return recall
+    m = np.asarray(cm, dtype=np.int64)
+    for group in same_shape:
+        idx = [labels.index(g) for g in group if g in labels]
+        total = int(m[idx].sum()) if len(idx) > 1 else 0
+        if not total:
+            continue
+        for g in group:
+            recall.pop(g, None)
+        recall["/".join(group)] = float(m[np.ix_(idx, idx)].sum() / total)
+    return recall
+
+
 def gate(
-    parent: dict[str, Any], new: dict[str, Any], max_accuracy_drop: float, max_recall_drop: float
+    parent: dict[str, Any],
+    new: dict[str, Any],
+    max_accuracy_drop: float,
+    max_recall_drop: float,
+    same_shape: Sequence[Sequence[str]] = (),
 ) -> dict[str, Any]:
     """Publish only if base accuracy falls by at most ``max_accuracy_drop``, no class's recall by
-    more than ``max_recall_drop``, and held-out accuracy rises. ``{"passed", "checks", "reason"}``.
+    more than ``max_recall_drop`` (a same-shape group's classes judged together, as
+    :func:`judged_recall` does), and held-out accuracy rises. ``{"passed", "checks", "reason"}``.
     """
     checks = []
     pa, na = parent["base"]["accuracy"], new["base"]["accuracy"]
@@ -59,11 +86,15 @@ def gate(
             "detail": f"base test accuracy {pa:.2%} -> {na:.2%}",
         }
     )
+    both = all(b["base"].get("labels") and b["base"].get("confusion_matrix") for b in (parent, new))
+    groups = same_shape if both else ()
+    before, after = judged_recall(parent["base"], groups), judged_recall(new["base"], groups)
     worst_label, worst = None, 0.0
-    for label, r in new["base"]["per_class_recall"].items():
-        drop = parent["base"]["per_class_recall"].get(label, 0.0) - r
+    for label, r in after.items():
+        drop = before.get(label, 0.0) - r
         if drop > worst:
             worst_label, worst = label, drop
+    together = [g for g in ("/".join(x) for x in groups) if g in after]
     checks.append(
         {
             "check": "class_recall",
@@ -74,7 +105,8 @@ def gate(
                 f"largest recall fall: {worst_label!r} by {worst:.1%}"
                 if worst_label is not None
                 else "no class's recall fell"
-            ),
+            )
+            + (f" ({', '.join(together)} judged together: one shape)" if together else ""),
         }
     )
     ph, nh = parent["heldout"], new["heldout"]
@@ -120,6 +152,7 @@ def measure(
             if base
             else {},
             "confusion_matrix": base["confusion_matrix"] if base else [],
+            "labels": list(labels),
             "n": int(len(base_x)),
             "measured_on": measured_on,
         }
@@ -463,7 +496,10 @@ def run_job(ctx: WorkerContext, job: dict[str, Any], progress: Progress) -> None
         after = measure(manifest_path, tx, ty, held_x, held_y, measured_on)
         metrics = {**after, "parent": before, "seconds": round(time.monotonic() - t0, 1)}
         progress.stage("gate")
-        verdict = gate(before, after, cfg.gate_max_accuracy_drop, cfg.gate_max_recall_drop)
+        verdict = gate(
+            before, after, cfg.gate_max_accuracy_drop, cfg.gate_max_recall_drop,
+            LABEL_SETS[mode].same_shape,
+        )  # fmt: skip
         if not verdict["passed"]:
             jobs_mod.finish(
                 st.engine, job_id, "refused", verdict["reason"], metrics=metrics, gate=verdict,

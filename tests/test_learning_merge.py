@@ -191,6 +191,39 @@ def test_the_gate_refuses_each_kind_of_regression_with_its_reason():
     assert not flat["passed"] and flat["reason"].startswith("heldout_accuracy")
 
 
+def test_the_gate_judges_classes_of_one_shape_together_and_every_other_class_alone():
+    """I and L (a vertical stroke is either) as the f loop's retrain moved them: I 64 -> 70,
+    L 85 -> 80 of 100 each, every vertical stroke still read as one of the two."""
+
+    def m(confusion, held):
+        cm = np.asarray(confusion)
+        recall = dict(zip("ILO", (cm.diagonal() / cm.sum(axis=1)).tolist(), strict=True))
+        return {
+            "base": {"accuracy": 0.9, "per_class_recall": recall, "labels": list("ILO"),
+                     "confusion_matrix": cm.tolist()},
+            "heldout": {"accuracy": held, "n": 50},
+        }  # fmt: skip
+
+    shapes = LABEL_SETS["char"].same_shape
+    assert shapes == (("I", "L"),)
+    parent = m([[64, 36, 0], [15, 85, 0], [0, 0, 100]], 0.0)
+    moved = m([[70, 30, 0], [20, 80, 0], [0, 0, 100]], 0.2)
+    alone = gate(parent, moved, 0.002, 0.03)
+    assert not alone["passed"] and "'L' by 5.0%" in alone["reason"]
+    together = gate(parent, moved, 0.002, 0.03, shapes)
+    assert together["passed"], together["reason"]
+    assert "I/L judged together" in together["checks"][1]["detail"]
+    # Vertical strokes read as O are lost to the group: judged together, that still fails.
+    lost = m([[70, 25, 5], [15, 80, 5], [0, 0, 100]], 0.2)
+    refused = gate(parent, lost, 0.002, 0.03, shapes)
+    assert not refused["passed"] and "'I/L' by 5.0%" in refused["reason"]
+    # So does any other class's fall, and a record without a matrix has every class alone.
+    o_fell = m([[64, 36, 0], [15, 85, 0], [0, 4, 96]], 0.2)
+    assert "'O' by 4.0%" in gate(parent, o_fell, 0.002, 0.03, shapes)["reason"]
+    bare = {**moved, "base": {**moved["base"], "confusion_matrix": []}}
+    assert "'L' by 5.0%" in gate(parent, bare, 0.002, 0.03, shapes)["reason"]
+
+
 # -- on the database ----------------------------------------------------------------------------
 def test_flipped_labels_go_to_quarantine_and_the_review_is_recorded(app):
     client = app.test_client()
