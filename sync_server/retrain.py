@@ -48,19 +48,20 @@ def judged_recall(
     """Each class's base recall as the gate judges it. The classes of a same-shape group (a
     vertical stroke is I or l) are judged as one, "I/L": a drawing of any of them read as any of
     them counts, from the confusion matrix. Without a matrix every class stands alone."""
+    from trainer.evaluate import same_shape as together
+
     recall = {str(k): float(v) for k, v in base["per_class_recall"].items()}
     labels, cm = base.get("labels"), base.get("confusion_matrix")
-    if not labels or not cm:
+    groups = [g for g in same_shape if labels and set(g) <= set(labels)]
+    if not cm or not groups:
         return recall
-    m = np.asarray(cm, dtype=np.int64)
-    for group in same_shape:
-        idx = [labels.index(g) for g in group if g in labels]
-        total = int(m[idx].sum()) if len(idx) > 1 else 0
-        if not total:
-            continue
-        for g in group:
-            recall.pop(g, None)
-        recall["/".join(group)] = float(m[np.ix_(idx, idx)].sum() / total)
+    for group, figures in zip(
+        groups, together({"confusion_matrix": cm}, labels, groups), strict=True
+    ):
+        if figures["support"]:
+            for g in group:
+                recall.pop(g, None)
+            recall[figures["classes"]] = figures["recall_together"]
     return recall
 
 

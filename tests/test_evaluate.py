@@ -115,6 +115,10 @@ def test_evaluate_writes_consistent_reports_and_metrics(
         )
     else:
         assert "pendigits" not in report and "pendigits_test_accuracy" not in manifest.metrics
+    # I and L (a vertical stroke is either) are also measured as one class.
+    groups = [g["classes"] for g in test.get("same_shape", [])]
+    assert groups == ([] if task == "digits" else ["I/L"])
+    assert ("accuracy with I/L as one class" in md) == (task == "characters")
     assert not list(folder.glob("*.tmp*"))
 
 
@@ -147,6 +151,18 @@ def test_score_by_hand() -> None:
     assert c["f1"] == pytest.approx(2 / 3)
     assert s["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
     assert s["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def test_classes_of_one_shape_measured_together_by_hand() -> None:
+    from trainer.evaluate import same_shape
+
+    # I read as L 3 times, L as I 7 times, I as O once; O as L twice.
+    cm = [[10, 3, 1], [7, 20, 0], [0, 2, 30]]
+    (g,) = same_shape({"confusion_matrix": cm}, ["I", "L", "O"], [("I", "L")])
+    assert g["classes"] == "I/L" and g["support"] == 41
+    assert g["recall_together"] == pytest.approx(40 / 41)
+    assert g["confusions_inside"] == 10
+    assert g["accuracy_together"] == pytest.approx((60 + 10) / 73)
 
 
 def test_top_confusions_are_ordered_and_skip_the_diagonal() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from hwrcore.labels import LABEL_SETS
 from hwrcore.manifest import load_manifest
 from hwrcore.preprocess import strokes_to_input
 
@@ -158,6 +159,31 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict
     }
 
 
+def same_shape(result: dict[str, Any], labels: Sequence[str], groups) -> list[dict[str, Any]]:
+    """For each group of classes one shape belongs to (a vertical stroke is I or l): the group's
+    recall judged as one class (a drawing of any of them read as any of them counts), and the
+    accuracy of ``result`` if the group's confusions among themselves were not errors."""
+    cm = np.asarray(result["confusion_matrix"], dtype=np.int64)
+    out = []
+    for group in groups:
+        idx = [list(labels).index(g) for g in group]
+        support = int(cm[idx].sum())
+        inside = int(cm[np.ix_(idx, idx)].sum())
+        n = int(cm.sum())
+        out.append(
+            {
+                "classes": "/".join(group),
+                "support": support,
+                "recall_together": inside / support if support else 0.0,
+                "confusions_inside": inside - int(cm[idx, idx].sum()),
+                "accuracy_together": (int(np.trace(cm)) + inside - int(cm[idx, idx].sum())) / n
+                if n
+                else 0.0,
+            }
+        )
+    return out
+
+
 def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path, title: str) -> None:
     """A confusion-matrix PNG, coloured by the share of each true class, labels on both axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -263,6 +289,10 @@ def evaluate(
         re["moved"] = moved
         report["test_relabelled"] = re
         report["warnings"] += low_recall_warnings(re, "relabelled test")
+    groups = LABEL_SETS[expected_mode].same_shape
+    for key in ("test", "test_relabelled"):
+        if groups and key in report:
+            report[key]["same_shape"] = same_shape(report[key], labels, groups)
     if task == "digits":
         px, py = pendigits_inputs(data_dir, manifest.style, limit)
         pen = score(py, predict(clf, px), labels)
@@ -379,6 +409,13 @@ def markdown(report: dict[str, Any]) -> str:
     if re:
         lines.append(f"| accuracy, relabelled test copy | {re['accuracy']:.2%} |")
         lines.append(f"| macro recall, relabelled test copy | {re['macro_recall']:.4f} |")
+    for where, res in (("", test), (", relabelled test copy", re or {})):
+        for g in res.get("same_shape", []):
+            lines.append(
+                f"| accuracy with {g['classes']} as one class{where} | {g['accuracy_together']:.2%} "
+                f"({g['classes']} recall together {g['recall_together']:.2%}, "
+                f"{g['confusions_inside']} confusions inside) |"
+            )
     if "pendigits" in report:
         pen = report["pendigits"]
         lines.append(f"| pendigits test accuracy | {pen['accuracy']:.2%} ({pen['n']:,} drawings) |")
