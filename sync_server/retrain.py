@@ -48,7 +48,7 @@ def judged_recall(
     """Each class's base recall as the gate judges it. The classes of a same-shape group (a
     vertical stroke is I or l) are judged as one, "I/L": a drawing of any of them read as any of
     them counts, from the confusion matrix. Without a matrix every class stands alone."""
-    from trainer.evaluate import same_shape as together
+    from trainer.evaluate import same_shape as measure_groups
 
     recall = {str(k): float(v) for k, v in base["per_class_recall"].items()}
     labels, cm = base.get("labels"), base.get("confusion_matrix")
@@ -56,7 +56,7 @@ def judged_recall(
     if not cm or not groups:
         return recall
     for group, figures in zip(
-        groups, together({"confusion_matrix": cm}, labels, groups), strict=True
+        groups, measure_groups({"confusion_matrix": cm}, labels, groups), strict=True
     ):
         if figures["support"]:
             for g in group:

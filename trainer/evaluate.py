@@ -164,21 +164,20 @@ def same_shape(result: dict[str, Any], labels: Sequence[str], groups) -> list[di
     recall judged as one class (a drawing of any of them read as any of them counts), and the
     accuracy of ``result`` if the group's confusions among themselves were not errors."""
     cm = np.asarray(result["confusion_matrix"], dtype=np.int64)
+    n, correct = int(cm.sum()), int(np.trace(cm))
     out = []
     for group in groups:
         idx = [list(labels).index(g) for g in group]
         support = int(cm[idx].sum())
-        inside = int(cm[np.ix_(idx, idx)].sum())
-        n = int(cm.sum())
+        inside = int(cm[np.ix_(idx, idx)].sum()) - int(cm[idx, idx].sum())  # off the diagonal
+        read_in_group = int(cm[idx, idx].sum()) + inside
         out.append(
             {
                 "classes": "/".join(group),
                 "support": support,
-                "recall_together": inside / support if support else 0.0,
-                "confusions_inside": inside - int(cm[idx, idx].sum()),
-                "accuracy_together": (int(np.trace(cm)) + inside - int(cm[idx, idx].sum())) / n
-                if n
-                else 0.0,
+                "recall_together": read_in_group / support if support else 0.0,
+                "confusions_inside": inside,
+                "accuracy_together": (correct + inside) / n if n else 0.0,
             }
         )
     return out
