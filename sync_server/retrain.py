@@ -271,7 +271,12 @@ def keras_from_tflite(manifest_path: str | os.PathLike):  # type: ignore[no-unty
     remaining = list(ops)
     for layer in layers:
         # The converter names a weight after its layer, or after the batch norm folded into it.
-        keys = [layer.name] + (["embed_bn"] if layer.name == "embed_dense" else [])
+        # (An ensemble's towers prefix their layers' names: m0_embed_dense, m0_embed_bn.)
+        keys = [layer.name] + (
+            [layer.name.replace("embed_dense", "embed_bn")]
+            if layer.name.endswith("embed_dense")
+            else []
+        )
         hit = [
             o for o in remaining if any(f"/{k}_1/" in tensors[o["inputs"][1]]["name"] for k in keys)
         ]
@@ -362,14 +367,14 @@ def fine_tune(
         tmp = parent_weights.with_name(f".{parent_weights.stem}.{os.getpid()}.keras")
         model.save(tmp)
         os.replace(tmp, parent_weights)
-    head = {"embed_dense", "logits"}
+    head = ("embed_dense", "logits")  # an ensemble's towers name theirs m0_logits, m1_logits
     layers = config.retrain_layers
     if layers == "auto":  # measured: every layer suits the digits; characters 1.1.0 lost 3-7
         layers = AUTO_LAYERS[task]  # points of I recall that way, where its head alone learns
     for layer in model.layers:
         if type(layer).__name__ == "BatchNormalization":
             layer.trainable = False  # inference statistics: the folded int8 weights stay valid
-        elif layers == "head" and layer.weights and layer.name not in head:
+        elif layers == "head" and layer.weights and not layer.name.endswith(head):
             layer.trainable = False  # only the embedding and output layers learn
     steps = max(1, len(x) // cfg.batch_size)
     if cfg.max_steps:

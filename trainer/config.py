@@ -34,6 +34,7 @@ class TrainConfig:
     data_dir: str = ""
     out_dir: str = ""
     pendigits_variants: int = 3  # augmented renders of each pendigits training stroke set
+    pendigits_stroke_shift: float = 0.0  # each stroke's own shift in those renders (jitter_strokes)
     pendigits_val_writers: int = PENDIGITS_VAL_WRITERS  # training-file writers held out
     extra: str = ""  # comma list of extra training data: 'emnist-digits'
     mixed_precision: bool = False  # bfloat16 pays only on CPUs with native bf16 (AVX-512 BF16, AMX)

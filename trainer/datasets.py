@@ -43,10 +43,20 @@ def pendigits_writer_split(samples: list[PenSample], n_val: int) -> tuple[set[in
     return set(writers) - val, val
 
 
-def jitter_strokes(strokes, rng: np.random.Generator):
-    """A random affine distortion of pen strokes (rotation, shear, aspect), before rendering."""
+def jitter_strokes(strokes, rng: np.random.Generator, stroke_shift: float = 0.0):
+    """A random affine distortion of pen strokes (rotation, shear, aspect), before rendering.
+
+    With ``stroke_shift`` > 0 each stroke of a drawing of several also moves on its own, by up
+    to that share of the drawing's larger side in x and y: where a pupil puts the bar of a 4
+    or the top of a 5 varies from one drawing to the next."""
     pts = np.concatenate([np.asarray(s, dtype=np.float64) for s in strokes])
     c = (pts.max(axis=0) + pts.min(axis=0)) / 2.0
+    if stroke_shift > 0 and len(strokes) > 1:
+        side = float(np.max(pts.max(axis=0) - pts.min(axis=0))) or 1.0
+        offsets = rng.uniform(-stroke_shift, stroke_shift, (len(strokes), 2)) * side
+        strokes = [
+            np.asarray(s, dtype=np.float64) + o for s, o in zip(strokes, offsets, strict=True)
+        ]
     th = np.radians(rng.uniform(-10, 10))
     sh = rng.uniform(-0.2, 0.2)
     ax = rng.uniform(0.85, 1.15)
@@ -57,7 +67,11 @@ def jitter_strokes(strokes, rng: np.random.Generator):
 
 
 def render_pendigits(
-    samples: list[PenSample], variants: int, seed: int, style: str = "mnist"
+    samples: list[PenSample],
+    variants: int,
+    seed: int,
+    style: str = "mnist",
+    stroke_shift: float = 0.0,
 ) -> Split:
     """Render each sample once as drawn and ``variants`` more times distorted, with varied pens."""
     from hwrcore.preprocess import STYLES, Style
@@ -72,7 +86,7 @@ def render_pendigits(
             pen = Style(
                 base.name, base.box, base.centre, base.width * rng.uniform(0.6, 1.6), base.blur
             )
-            xs.append(strokes_to_input(jitter_strokes(s.strokes, rng), pen))
+            xs.append(strokes_to_input(jitter_strokes(s.strokes, rng, stroke_shift), pen))
             ys.append(s.label)
     return Split(_to_u8(xs), np.asarray(ys, dtype=np.int64))
 
@@ -116,8 +130,19 @@ def digits_data(cfg, cache: Path) -> dict[str, Split]:
             "v": cfg.pendigits_variants,
             "seed": cfg.seed,
         }
+        if cfg.pendigits_stroke_shift:
+            key["shift"] = cfg.pendigits_stroke_shift
         parts.append(
-            _cached(cache, key, lambda: render_pendigits(pen_tr, cfg.pendigits_variants, cfg.seed))
+            _cached(
+                cache,
+                key,
+                lambda: render_pendigits(
+                    pen_tr,
+                    cfg.pendigits_variants,
+                    cfg.seed,
+                    stroke_shift=cfg.pendigits_stroke_shift,
+                ),
+            )
         )
     if pen_va:
         key = {"what": "pendigits-val", "writers": sorted(val_w)}

@@ -35,7 +35,9 @@ def setup_tf(cfg: TrainConfig):
     return tf, keras
 
 
-def make_dataset(tf, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, train: bool):
+def make_dataset(tf, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, train: bool, targets: int = 1):
+    """Batches of (images, labels), augmented when ``train``; with ``targets`` > 1 the labels
+    come once per output of a model with several (an ensemble's towers)."""
     from .augment import augment_batch
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
@@ -47,7 +49,7 @@ def make_dataset(tf, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, train: bool
         xb = tf.cast(xb, tf.float32)[..., None] / 255.0
         if train:
             xb = augment_batch(xb, cfg.augment)
-        return xb, yb
+        return xb, (yb if targets == 1 else (yb,) * targets)
 
     ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
     if train and cfg.max_steps:
@@ -63,7 +65,7 @@ def train(cfg: TrainConfig) -> Path:
     cfg.save(out / "config.json")
     log.info("effective config: %s", json.dumps(cfg.to_dict(), sort_keys=True))
     tf, keras = setup_tf(cfg)
-    from .models import build
+    from .models import build, tower_outputs
 
     data = (digits_data if cfg.task == "digits" else characters_data)(cfg, out.parent / "cache")
     x, y = data["train"].x, data["train"].y
@@ -93,20 +95,29 @@ def train(cfg: TrainConfig) -> Path:
         warmup_steps=warm,
     )
     opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
-    # Train through the probabilities output; the embedding output shares every layer.
-    fit_model = keras.Model(model.input, model.outputs[0], name=f"{model.name}_train")
+    # Train through the probabilities output (the embedding output shares every layer); an
+    # ensemble trains through each tower's own, so that its towers stay separate models.
+    towers = tower_outputs(model)
+    fit_model = keras.Model(model.input, towers or model.outputs[0], name=f"{model.name}_train")
+    loss = _smoothed_sparse_ce(keras, len(labels), cfg.label_smoothing)
     fit_model.compile(
         optimizer=opt,
-        loss=_smoothed_sparse_ce(keras, len(labels), cfg.label_smoothing),
-        metrics=["sparse_categorical_accuracy"],
+        loss=[loss] * len(towers) if towers else loss,
+        metrics=[["sparse_categorical_accuracy"]] * len(towers)
+        if towers
+        else ["sparse_categorical_accuracy"],
     )
-    train_ds = make_dataset(tf, x, y, cfg, train=True)
+    train_ds = make_dataset(tf, x, y, cfg, train=True, targets=max(1, len(towers)))
     callbacks = [
         keras.callbacks.BackupAndRestore(
             str(out / "backup"), save_freq="epoch", delete_checkpoint=False
         ),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
-        _ValidationReport(tf, val_sets, cfg, out / "validation.jsonl"),
+        _ValidationReport(
+            keras.Model(model.input, [model.outputs[0], *towers]),
+            val_sets,
+            out / "validation.jsonl",
+        ),
         _progress(keras, steps, cfg.epochs),
     ]
     t0 = time.time()
@@ -157,9 +168,12 @@ def _smoothed_sparse_ce(keras, num_classes: int, smoothing: float):
 
 
 class _ValidationReport:
-    """Keras callback: accuracy on each validation slice after every epoch, to log and JSONL."""
+    """Keras callback: accuracy on each validation slice after every epoch, to log and JSONL.
 
-    def __new__(cls, tf, val_sets, cfg, path):
+    ``scorer`` outputs the model's probabilities, then those of each tower of an ensemble
+    (scored as ``<slice>_m0``, ``<slice>_m1``, ...)."""
+
+    def __new__(cls, scorer, val_sets, path):
         import keras
 
         class Report(keras.callbacks.Callback):
@@ -167,8 +181,11 @@ class _ValidationReport:
                 row = {"epoch": epoch + 1, "loss": float((logs or {}).get("loss", float("nan")))}
                 for name, split in val_sets.items():
                     xv = split.x.astype(np.float32)[..., None] / 255.0
-                    probs = self.model.predict(xv, batch_size=512, verbose=0)
-                    row[name] = float(np.mean(np.argmax(probs, axis=1) == split.y))
+                    outs = scorer.predict(xv, batch_size=512, verbose=0)
+                    outs = outs if isinstance(outs, list) else [outs]
+                    for i, probs in enumerate(outs):
+                        key = name if i == 0 else f"{name}_m{i - 1}"
+                        row[key] = float(np.mean(np.argmax(probs, axis=1) == split.y))
                 log.info("epoch %d validation: %s", epoch + 1, row)
                 with open(path, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -195,7 +212,10 @@ def _progress(keras, steps: int, epochs: int, every: int = 100):
                 batch + 1,
                 steps,
                 (logs or {}).get("loss", float("nan")),
-                (logs or {}).get("sparse_categorical_accuracy", float("nan")),
+                next(  # one model's accuracy, or an ensemble's first tower's
+                    (v for k, v in (logs or {}).items() if k.endswith("categorical_accuracy")),
+                    float("nan"),
+                ),
                 rate,
                 left / 60,
             )
