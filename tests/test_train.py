@@ -157,3 +157,15 @@ def test_the_relabel_setting_moves_the_listed_training_images(
     # The manifest records the list by file and hash.
     rec = relabel_record(tmp_path / "list.json")
     assert rec["moved"] == 41 and rec["from"] == "F" and len(rec["sha256"]) == 64
+
+
+def test_every_recipe_loads_and_names_a_known_architecture() -> None:
+    from trainer.models import ARCHITECTURES
+
+    recipes = sorted((Path(__file__).parents[1] / "trainer" / "recipes").glob("*.toml"))
+    assert recipes, "trainer/recipes holds no recipe"
+    for recipe in recipes:
+        task = recipe.stem.split("-")[0]
+        cfg = load_config(task, recipe, environ={})
+        assert cfg.arch in ARCHITECTURES, (recipe.name, cfg.arch)
+        assert cfg.val_size > 0, f"{recipe.name} must keep a validation slice"
