@@ -19,6 +19,7 @@ import pytest
 import requests
 import websocket
 
+from edge.config import EdgeConfig
 from hwrcore.manifest import load_manifest
 from sync_server.db import open_database
 from sync_server.merge import Policy, training_set
@@ -197,8 +198,13 @@ def test_a_device_killed_while_it_syncs_loses_and_repeats_nothing(school):
 
 
 # -- model delivery --------------------------------------------------------------------------
+# Two thirds of the edge's per-socket message rate, whatever the time a prediction takes.
+PREDICT_PAUSE = 1.5 / EdgeConfig().ws_messages_per_second
+
+
 class Predictors:
-    """One WebSocket per device predicting a digit without pause; each answer's model version."""
+    """One WebSocket per device predicting a digit over and over, under the socket's rate limit;
+    each answer's model version."""
 
     def __init__(self, edges: list[SyncedEdge]):
         self.answers: list[list[tuple[float, str]]] = [[] for _ in edges]
@@ -224,7 +230,7 @@ class Predictors:
                     self.errors.append(json.dumps(reply)[:200])
                     continue
                 self.answers[i].append((time.monotonic(), reply["model"]["version"]))
-                time.sleep(0.05)  # 20 a second at most, below the socket's limit of 30
+                time.sleep(PREDICT_PAUSE)
         except (websocket.WebSocketException, OSError) as exc:
             self.errors.append(f"device {i}: {exc!r}")
         finally:

@@ -17,6 +17,7 @@ import pytest
 from trainer.config import load_config
 from trainer.data import load_pendigits, load_task
 from trainer.evaluate import training_data
+from trainer.models import ARCHITECTURES
 
 pytestmark = pytest.mark.tf
 
@@ -160,8 +161,6 @@ def test_the_relabel_setting_moves_the_listed_training_images(
 
 
 def test_every_recipe_loads_and_names_a_known_architecture() -> None:
-    from trainer.models import ARCHITECTURES
-
     recipes = sorted((Path(__file__).parents[1] / "trainer" / "recipes").glob("*.toml"))
     assert recipes, "trainer/recipes holds no recipe"
     for recipe in recipes:
