@@ -14,7 +14,7 @@ from edge.classifier import Classifier
 from hwrcore.manifest import load_manifest
 from tests.models import require_models
 from trainer.cli import main
-from trainer.evaluate import load_test_images, score, top_confusions
+from trainer.evaluate import by_writer, load_test_images, score, top_confusions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,6 +110,13 @@ def test_evaluate_writes_consistent_reports_and_metrics(
     if task == "digits":
         pen = report["pendigits"]
         assert pen["n"] == 200 and np.asarray(pen["confusion_matrix"]).sum() == 200
+        # Each stroke figure is also given per writer, worst first, and adds up to the whole.
+        rows = pen["by_writer"]
+        pen_cm = np.asarray(pen["confusion_matrix"])
+        assert sum(r["n"] for r in rows) == 200
+        assert sum(r["errors"] for r in rows) == 200 - np.trace(pen_cm)
+        assert [r["accuracy"] for r in rows] == sorted(r["accuracy"] for r in rows)
+        assert "| writer | drawings | accuracy | errors | most frequent confusion |" in md
         assert manifest.metrics["pendigits_test_accuracy"] == pytest.approx(
             pen["accuracy"], abs=1e-6
         )
@@ -289,3 +296,26 @@ def test_validate_refuses_a_baseline_of_another_task(data_dir: Path) -> None:
         validate(
             "digits", [shipped / "digits.json", shipped / "characters.json"], data_dir, val_size=50
         )
+
+
+def test_errors_are_told_by_writer_worst_first():
+    # One writer's 4s read as 5 are most of the errors: the breakdown names the writer and
+    # the confusion, and the share of all errors it is.
+    truth = np.array([4, 4, 4, 5, 1, 1, 1, 7])
+    pred = np.array([5, 5, 4, 5, 1, 7, 1, 7])
+    writers = np.array([13, 13, 13, 2, 2, 2, 9, 9])
+    rows = by_writer(truth, pred, writers, [str(d) for d in range(10)])
+    assert [r["writer"] for r in rows] == [13, 2, 9]
+    assert rows[0]["n"] == 3 and rows[0]["errors"] == 2
+    assert rows[0]["accuracy"] == pytest.approx(1 / 3)
+    assert rows[0]["top_confusion"] == {"true": "4", "predicted": "5", "count": 2}
+    assert rows[0]["share_of_errors"] == pytest.approx(2 / 3)
+    assert rows[1]["top_confusion"] == {"true": "1", "predicted": "7", "count": 1}
+    assert rows[2] == {
+        "writer": 9,
+        "n": 2,
+        "errors": 0,
+        "accuracy": 1.0,
+        "top_confusion": None,
+        "share_of_errors": 0.0,
+    }

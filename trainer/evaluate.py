@@ -85,9 +85,12 @@ def load_test_images(
 
 def pendigits_inputs(
     data_dir: str | os.PathLike | None, style: str, limit: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The pendigits test writers' strokes, drawn onto the canvas and preprocessed as on a device."""
-    return canvas_inputs(load_pendigits(data_dir, "test")[:limit], style)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pendigits test writers' strokes, drawn onto the canvas and preprocessed as on a
+    device: (inputs, labels, writers)."""
+    samples = load_pendigits(data_dir, "test")[:limit]
+    x, y = canvas_inputs(samples, style)
+    return x, y, np.asarray([s.writer for s in samples], dtype=np.int64)
 
 
 def canvas_inputs(samples: Sequence[Any], style: str) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +160,33 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict
         "top_confusions": top_confusions(cm, labels),
         "confusion_matrix": cm.tolist(),
     }
+
+
+def by_writer(
+    y_true: np.ndarray, y_pred: np.ndarray, writers: np.ndarray, labels: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Accuracy per writer, worst first, with each writer's most frequent confusion and the
+    share of all errors it makes: errors that one writer's habit (or one writer's recording)
+    makes many times show here, where the pooled figure hides whose they are."""
+    y_true, y_pred, writers = map(np.asarray, (y_true, y_pred, writers))
+    total = int((y_true != y_pred).sum())
+    out = []
+    for w in np.unique(writers):
+        mine = writers == w
+        errors = int((y_true[mine] != y_pred[mine]).sum())
+        top = top_confusions(confusion_matrix(y_true[mine], y_pred[mine], len(labels)), labels)
+        worst = top[0] if top else None
+        out.append(
+            {
+                "writer": int(w),
+                "n": int(mine.sum()),
+                "errors": errors,
+                "accuracy": 1.0 - errors / int(mine.sum()),
+                "top_confusion": worst,
+                "share_of_errors": (worst["count"] / total) if worst and total else 0.0,
+            }
+        )
+    return sorted(out, key=lambda r: (r["accuracy"], r["writer"]))
 
 
 def same_shape(result: dict[str, Any], labels: Sequence[str], groups) -> list[dict[str, Any]]:
@@ -293,8 +323,10 @@ def evaluate(
         if groups and key in report:
             report[key]["same_shape"] = same_shape(report[key], labels, groups)
     if task == "digits":
-        px, py = pendigits_inputs(data_dir, manifest.style, limit)
-        pen = score(py, predict(clf, px), labels)
+        px, py, pw = pendigits_inputs(data_dir, manifest.style, limit)
+        pen_pred = predict(clf, px)
+        pen = score(py, pen_pred, labels)
+        pen["by_writer"] = by_writer(py, pen_pred, pw, labels)
         pen["measured_on"] = (
             f"pendigits test writers ({len(py):,} drawings, {CANVAS}x{CANVAS} canvas, "
             f"'{manifest.style}' preprocessing), int8, {clf.runtime}"
@@ -452,6 +484,19 @@ def markdown(report: dict[str, Any]) -> str:
             )
             or "none"
         )
+        lines += ["", "| writer | drawings | accuracy | errors | most frequent confusion |"]
+        lines.append("| --- | --- | --- | --- | --- |")
+        for r in pen.get("by_writer", []):
+            top = r["top_confusion"]
+            what = (
+                f"{top['true']}->{top['predicted']} ({top['count']}, "
+                f"{r['share_of_errors']:.0%} of all errors)"
+                if top
+                else "none"
+            )
+            lines.append(
+                f"| {r['writer']} | {r['n']} | {r['accuracy']:.2%} | {r['errors']} | {what} |"
+            )
     lines += ["", "## Confusion matrix", "", f"![confusion matrix]({report['files']['png']})", ""]
     return "\n".join(lines)
 
