@@ -242,6 +242,30 @@ def test_validate_gates_a_model_against_its_baseline(data_dir: Path, capsys) -> 
     # Digits are also read as strokes: the held-out pendigits writers, drawn on the canvas.
     assert "pendigits: accuracy 0.99" in out and "strokes of the held-out pendigits writers" in out
     assert "held-out pendigits strokes 0.99" in out
+    # Item by item, a model and itself differ nowhere: no evidence either way.
+    assert "as_is, item by item: right only with the model 0, only with the baseline 0" in out
+    assert "pendigits, item by item: right only with the model 0" in out and "p = 1.000" in out
+
+
+def test_paired_counts_and_mcnemar_by_hand() -> None:
+    from trainer.evaluate import paired
+
+    # 4 items only the candidate gets right, 7 only the baseline, 9 both: p = 2 * P(X <= 4)
+    # for X ~ Binomial(11, 1/2) = 2 * (1 + 11 + 55 + 165 + 330) / 2048.
+    cand = [True] * 4 + [False] * 7 + [True] * 9
+    base = [False] * 4 + [True] * 7 + [True] * 9
+    d = paired(cand, base)
+    assert d["only_candidate"] == 4 and d["only_baseline"] == 7
+    assert d["p_value"] == pytest.approx(2 * 562 / 2048)
+    # Ten wins and no loss is unlikely by chance; a tie in answers is no evidence at all.
+    assert paired([True] * 10, [False] * 10)["p_value"] == pytest.approx(2 / 1024)
+    assert paired([True, False], [True, False]) == {
+        "only_candidate": 0,
+        "only_baseline": 0,
+        "p_value": 1.0,
+    }
+    with pytest.raises(ValueError, match="not the same items"):
+        paired([True], [True, False])
 
 
 def test_beats_by_hand() -> None:

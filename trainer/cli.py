@@ -329,9 +329,18 @@ def cmd_validate(args) -> int:
         Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     if not args.baseline:
         return 0
-    from .evaluate import beats
+    from .evaluate import beats, paired
 
     ok, reasons = beats(res, base[0], args.min_recall, args.tolerance / 100)
+    for key in ("as_is", "relabelled", "pendigits"):
+        if key in res and key in base[0]:
+            d = paired(res[key]["correct"], base[0][key]["correct"])
+            verdict = "within chance" if d["p_value"] >= 0.05 else "unlikely by chance"
+            print(
+                f"{key}, item by item: right only with the model {d['only_candidate']}, only "
+                f"with the baseline {d['only_baseline']} (McNemar exact p = {d['p_value']:.3f}: "
+                f"{verdict})"
+            )
     print(("better than the baseline: " if ok else "not better than the baseline: ") + reasons)
     return 0 if ok else 1
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -562,16 +563,35 @@ def validate(
     for clf in classifiers:
         pred = predict(clf, images)
         out: dict[str, Any] = {"n": len(val.y), "as_is": score(val.y, pred, labels)}
+        out["as_is"]["correct"] = (pred == val.y).tolist()
         if strokes is not None:
             px, py, writers = strokes
-            out["pendigits"] = score(py, predict(clf, px), labels)
+            pen_pred = predict(clf, px)
+            out["pendigits"] = score(py, pen_pred, labels)
             out["pendigits"]["writers"] = writers
+            out["pendigits"]["correct"] = (pen_pred == py).tolist()
         if relabelled is not None:
             y_re, moved = relabelled
             out["relabelled"] = score(y_re, pred, labels)
             out["relabelled"]["moved"] = moved
+            out["relabelled"]["correct"] = (pred == y_re).tolist()
         results.append(out)
     return results
+
+
+def paired(candidate: Sequence[bool], baseline: Sequence[bool]) -> dict[str, Any]:
+    """Two models' answers on the same items, item by item: how many each alone gets right,
+    and McNemar's exact two-sided p-value, the chance of a split at least this uneven if the
+    models were equally good. On a slice where both make a dozen errors, a win of two or three
+    images is well within chance; the gate still decides on the figures, this says how much
+    they are worth."""
+    if len(candidate) != len(baseline):
+        raise ValueError(f"{len(candidate)} answers against {len(baseline)}: not the same items")
+    c, b = np.asarray(candidate, dtype=bool), np.asarray(baseline, dtype=bool)
+    only_c, only_b = int((c & ~b).sum()), int((~c & b).sum())
+    n, k = only_c + only_b, min(only_c, only_b)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"only_candidate": only_c, "only_baseline": only_b, "p_value": p}
 
 
 def held_out_writers(config: dict[str, Any]) -> int:
