@@ -31,7 +31,7 @@ from sync_server.devices import add_device  # noqa: E402
 from sync_server.state import open_state  # noqa: E402
 from tests.sync_server_helpers import MODELS_DIR, item  # noqa: E402
 
-ADMIN = "bench-admin"
+ADMIN = "bench-admin-token-0123"
 
 
 def start_server(data: Path, workers: int, threads: int) -> tuple[subprocess.Popen, str]:

@@ -32,11 +32,11 @@ import logging
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
+from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_directory
 from PIL import Image
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from hwrcore import protocol, web_errors
+from hwrcore.web_body import read_body
 from hwrcore.web_errors import error_response
 
 from . import guard
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("edge", __name__)
 
-READ_CHUNK = 64 << 10
 # The seed page's names for the modes, and the project's own.
 PAPER_MODES = {"digits": "digit", "characters": "char", "digit": "digit", "char": "char"}
 
@@ -62,23 +61,6 @@ def _reply(reply: dict[str, Any]) -> Response:
         return error_response(err["code"], err["message"])
     body = {k: v for k, v in reply.items() if k not in ("type", "seq")}
     return jsonify(body)
-
-
-def read_body(limit: int) -> bytes:
-    """The request body, refused (413) as soon as it passes ``limit`` bytes, chunked or not."""
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestEntityTooLarge()
-    stream = request.stream
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        chunk = stream.read(min(READ_CHUNK, limit + 1 - total))
-        if not chunk:
-            return b"".join(chunks)
-        total += len(chunk)
-        if total > limit:
-            raise RequestEntityTooLarge()
-        chunks.append(chunk)
 
 
 def _json_body() -> Any:
@@ -257,4 +239,4 @@ def init_app(app: Flask) -> None:
     web_errors.init_app(app)
 
 
-__all__ = ["bp", "error_response", "init_app", "public_health", "read_body"]
+__all__ = ["bp", "error_response", "init_app", "public_health"]

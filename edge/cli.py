@@ -13,7 +13,7 @@ restart loop.
 ``--tunnel`` opens an ngrok tunnel to the viewer once the worker runs (edge/remote.py); without
 a viewer token or an ngrok auth token it is refused here, one line and status 2.
 
-The worker is :class:`edge.worker.EdgeWorker`: gunicorn's threads, with requests read whole in
+The worker is :class:`hwrcore.worker.GuardedWorker`: gunicorn's threads, with requests read whole in
 its event loop before a thread runs them, so slow and idle clients hold no thread.
 """
 
@@ -32,7 +32,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from hwrcore.errors import HwrError
-from hwrcore.serving import bind, die_with_parent, url_of
+from hwrcore.serving import bind, die_with_parent, keep_private, url_of
 
 from .config import EdgeConfig, load_config
 from .models import check_models
@@ -140,7 +140,7 @@ class EdgeServer(BaseApplication):
         settings = {
             "bind": [f"fd://{self.fd}"],
             "workers": 1,  # one process writes the stores
-            "worker_class": "edge.worker.EdgeWorker",
+            "worker_class": "hwrcore.worker.GuardedWorker",
             "threads": c.threads,  # an open WebSocket holds a thread
             "graceful_timeout": 5,
             "timeout": 60,
@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    keep_private()
     try:
         status = serve(config)
     except HwrError as exc:

@@ -78,7 +78,7 @@ class EdgeConfig:
     heartbeat_interval: float = 30.0  # seconds between heartbeats
     model_poll_interval: float = 30.0  # seconds between release checks when no notice socket
     pending_limit: int = 10000  # pending corrections per mode before new ones are refused
-    # Abuse limits (edge/guard.py, edge/worker.py, edge/ws.py).
+    # Abuse limits (edge/guard.py, hwrcore/worker.py, edge/ws.py).
     allowed_hosts: str = ""  # more Host names to answer to, comma-separated
     request_timeout: float = 10.0  # seconds a client has to send a whole request
     connections_per_client: int = 64  # open connections one address may hold

@@ -67,8 +67,9 @@ from flask import (
 from simple_websocket import ConnectionClosed, Server
 
 from hwrcore import protocol
+from hwrcore.web_body import read_body
 
-from .api import error_response, read_body
+from .api import error_response
 from .config import EdgeConfig
 from .guard import _name_of, allowed_hosts
 from .ws import EXTENSION as SOCKETS

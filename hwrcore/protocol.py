@@ -91,10 +91,16 @@ def http_status(code: str) -> int:
     return STATUS.get(code, 400)
 
 
+def _integer(text: str) -> int | float:
+    """A JSON integer; one of more digits than any float holds is read as an infinite float, so
+    each field's own finite-number check refuses it (instead of an overflow turning into 500)."""
+    return int(text) if len(text.lstrip("-")) <= 300 else float(text)
+
+
 def parse_json(data: str | bytes) -> Any:
     """Decode a JSON text; anything undecodable (bad UTF-8, syntax, absurd nesting) is invalid_json."""
     try:
-        return json.loads(data)
+        return json.loads(data, parse_int=_integer)
     except (ValueError, RecursionError):
         raise ProtocolError("the message is not valid JSON", code="invalid_json") from None
 

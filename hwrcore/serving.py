@@ -12,6 +12,13 @@ import signal
 import socket
 
 PR_SET_PDEATHSIG = 1
+PRIVATE_UMASK = 0o077
+
+
+def keep_private() -> None:
+    """Make every file and folder this process creates from now on its user's alone (0600,
+    0700): stores and databases hold pupils' drawings, which other local users must not read."""
+    os.umask(PRIVATE_UMASK)
 
 
 def bind(host: str, port: int) -> socket.socket:

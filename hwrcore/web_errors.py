@@ -51,7 +51,12 @@ def http_error(exc: HTTPException) -> Response:
 
 def unexpected(exc: Exception) -> Response:
     """A 500 with the one error body; the traceback is logged with the method and path only
-    (never the request body: drawings and tokens do not reach the log)."""
+    (never the request body: drawings and tokens do not reach the log). A client that left
+    mid-request (a reset or a broken pipe, as in a WebSocket handshake cut short) is no error
+    of the server's: one line at info, and an answer nobody may read."""
+    if isinstance(exc, ConnectionError):
+        log.info("the client left during %s %s (%s)", request.method, request.path, exc)
+        return error_response("bad_request", "the connection was closed mid-request", 400)
     log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
     return error_response("internal", "the server failed to answer; it was logged", 500)
 

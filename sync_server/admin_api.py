@@ -22,17 +22,19 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, request
 
+from hwrcore import protocol
 from hwrcore.errors import HwrError
+from hwrcore.web_body import read_body
 
 from . import jobs, merge
-from .api import _bearer, _is_admin, _unauthorized, error_response, state
+from .api import admin_refusal, error_response, state
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
 
 
 @bp.before_request
 def _admin_only() -> Response | None:
-    return None if _is_admin(_bearer()) else _unauthorized()
+    return admin_refusal()
 
 
 @bp.errorhandler(HwrError)
@@ -46,7 +48,10 @@ def _domain_error(exc: HwrError) -> Response:
 def _body() -> dict[str, Any]:
     if not request.is_json:
         raise HwrError("send a JSON body (Content-Type: application/json)", code="invalid_message")
-    body = request.get_json(silent=True)
+    try:
+        body = protocol.parse_json(read_body(state().config.max_body_bytes))
+    except protocol.ProtocolError:
+        body = None
     if not isinstance(body, dict):
         raise HwrError("the body must be a JSON object", code="invalid_json")
     return body
@@ -59,11 +64,20 @@ def _by(body: dict[str, Any]) -> str:
     return by.strip()
 
 
-def _int(name: str, default: int) -> int:
+MAX_PAGE = 1000  # items one admin listing answers with at most (limit=)
+MAX_ID = 2**63 - 1  # the largest row id either database holds
+
+
+def _int(name: str, default: int, most: int = MAX_ID) -> int:
+    """A whole-number query argument from 0 to ``most``; anything else is invalid_field."""
+    raw = request.args.get(name)
     try:
-        return int(request.args.get(name, default))
+        value = default if raw is None else int(raw) if len(raw) <= 20 else -1
     except ValueError:
-        raise HwrError(f"{name} must be a whole number", code="invalid_field") from None
+        value = -1
+    if not 0 <= value <= most:
+        raise HwrError(f"{name} must be a whole number from 0 to {most}", code="invalid_field")
+    return value
 
 
 def _str(body: dict[str, Any], name: str) -> str:
@@ -80,7 +94,11 @@ def get_quarantine() -> Response:
     mode = request.args.get("mode") or None
     status = request.args.get("status", "open")
     items = merge.quarantine(
-        st.engine, mode=mode, status=status, limit=_int("limit", 100), offset=_int("offset", 0)
+        st.engine,
+        mode=mode,
+        status=status,
+        limit=_int("limit", 100, MAX_PAGE),
+        offset=_int("offset", 0),
     )
     for i in items:
         i["image_png"] = base64.b64encode(i["image_png"]).decode("ascii")
@@ -110,7 +128,7 @@ def get_decisions() -> Response:
     return jsonify(
         {
             "items": merge.decisions(
-                state().engine, limit=_int("limit", 100), offset=_int("offset", 0)
+                state().engine, limit=_int("limit", 100, MAX_PAGE), offset=_int("offset", 0)
             )
         }
     )
@@ -137,12 +155,14 @@ def get_over_time() -> Response:
 @bp.get("/jobs")
 def get_jobs() -> Response:
     name = request.args.get("name") or None
-    return jsonify({"jobs": jobs.list_jobs(state().engine, name=name, limit=_int("limit", 50))})
+    return jsonify(
+        {"jobs": jobs.list_jobs(state().engine, name=name, limit=_int("limit", 50, MAX_PAGE))}
+    )
 
 
 @bp.get("/jobs/<int:job_id>")
 def get_job(job_id: int) -> Response:
-    job = jobs.get_job(state().engine, job_id)
+    job = jobs.get_job(state().engine, job_id) if job_id <= MAX_ID else None
     if job is None:
         return error_response("not_found", f"no job {job_id}", 404)
     return jsonify(job)

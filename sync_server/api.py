@@ -22,6 +22,7 @@ from sqlalchemy import update
 from hwrcore import protocol, web_errors
 from hwrcore.labels import LABEL_SETS
 from hwrcore.release import canonical_json
+from hwrcore.web_body import read_body
 from hwrcore.web_errors import error_response
 
 from .corrections import merge, summary, withdraw
@@ -64,12 +65,34 @@ def _is_admin(token: str | None) -> bool:
     )
 
 
+def admin_refusal() -> Response | None:
+    """None for a request carrying the admin token; else 401, or 429 while the address (or
+    everyone) has failed too often in the last minute. The count is the dashboard sign-in's
+    (sync_server/auth.py), so the token cannot be guessed faster through either door."""
+    from .auth import client_address
+
+    limiter = current_app.extensions["hwr_signin_limiter"]
+    addr = client_address(request)
+    wait = limiter.wait(addr)
+    if wait > 0:
+        resp = error_response("rate_limited", "too many failed admin tokens; wait a minute", 429)
+        resp.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return resp
+    token = _bearer()
+    if _is_admin(token):
+        return None
+    if token is not None:  # a wrong token, not a request without one
+        limiter.failed(addr)
+        log.warning("a wrong admin token from %s", addr)
+    return _unauthorized()
+
+
 @bp.before_request
 def _authenticate() -> Response | None:
     """Bearer auth on every route (the notify socket's upgrade included), then the rate limit."""
     token = _bearer()
     if request.path.startswith(bp.url_prefix + "/admin/"):
-        return None if _is_admin(token) else _unauthorized()
+        return admin_refusal()
     st = state()
     device = authenticate(st.engine, token)
     if device is None:
@@ -84,7 +107,7 @@ def _authenticate() -> Response | None:
 
 
 def _json_object() -> dict[str, Any]:
-    body = protocol.parse_json(request.get_data(cache=False))
+    body = protocol.parse_json(read_body(state().config.max_body_bytes))
     return protocol.require_object(body)
 
 

@@ -39,7 +39,7 @@ from gunicorn.app.base import BaseApplication
 
 from hwrcore import release as rel
 from hwrcore.errors import HwrError
-from hwrcore.serving import bind, die_with_parent, url_of
+from hwrcore.serving import bind, die_with_parent, keep_private, url_of
 
 from .config import SyncConfig, load_config
 from .state import StartError, open_state
@@ -104,11 +104,14 @@ class SyncServer(BaseApplication):
         settings = {
             "bind": [f"fd://{self.fd}"],
             "workers": c.workers,
-            "worker_class": "gthread",
+            "worker_class": "hwrcore.worker.GuardedWorker",  # slow clients hold no thread
             "threads": c.threads,  # an open notify socket holds a thread
             "graceful_timeout": 5,
             "timeout": 60,
             "keepalive": 5,
+            # X-Forwarded-* are believed only through ProxyFix, as proxy_hops says (auth.py);
+            # gunicorn would otherwise believe X-Forwarded-Proto from any local client
+            "forwarded_allow_ips": "",
             "loglevel": c.log_level,
             "errorlog": "-",
             "accesslog": None,
@@ -352,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command in ("serve", "worker"):
+        keep_private()  # the other commands may be run by an admin for the server's user
     try:
         if args.command == "serve":
             status = serve(config, args.config)

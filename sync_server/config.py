@@ -41,6 +41,9 @@ def default_models_dir() -> Path:
     return assets.shipped_models_dir()
 
 
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
 @dataclass
 class SyncConfig:
     """Everything the sync server can be told; see :func:`load_config` for the layers."""
@@ -53,6 +56,10 @@ class SyncConfig:
     admin_token: str = ""  # from HWR_SYNC_ADMIN_TOKEN or TOML; never a flag, never logged
     admin_token_file: str = ""  # a file holding the admin token, instead of admin_token
     max_body_bytes: int = 1 << 20  # largest request body (the contract's 1 MiB)
+    request_timeout: float = 10.0  # seconds a client has to send a whole request
+    # open connections one address may hold, per worker: a school's devices behind one NAT, or
+    # all of them through a tunnel's local agent, come from one address
+    connections_per_client: int = 512
     max_batch: int = 100  # corrections per upload (the contract's 100)
     rate_per_second: float = 10.0  # sustained requests per device
     rate_burst: int = 30  # requests a device may make at once before the rate applies
@@ -121,6 +128,7 @@ class SyncConfig:
             self,
             1,
             "max_body_bytes",
+            "connections_per_client",
             "max_batch",
             "rate_burst",
             "workers",
@@ -132,7 +140,9 @@ class SyncConfig:
             "retrain_epochs",
             "retrain_batch",
         )
-        require_positive(self, "rate_per_second", "release_poll_interval", "tunnel_timeout")
+        require_positive(
+            self, "rate_per_second", "release_poll_interval", "tunnel_timeout", "request_timeout"
+        )
         for name in (
             "quarantine_confidence",
             "neighbour_similarity",
@@ -174,18 +184,25 @@ class SyncConfig:
         return self.database_url or f"sqlite:///{self.data_dir / 'sync.db'}"
 
     def admin_secret(self) -> str:
-        """The admin token ('' when none is set: the admin routes then refuse everyone)."""
+        """The admin token ('' when none is set: the admin routes then refuse everyone); one
+        shorter than MIN_ADMIN_TOKEN_CHARS is refused, since it may guard a public URL."""
+        token = ""
         if self.admin_token:
-            return self.admin_token.strip()
-        if self.admin_token_file:
+            token = self.admin_token.strip()
+        elif self.admin_token_file:
             p = Path(self.admin_token_file).expanduser()
             try:
-                return p.read_text().strip()
+                token = p.read_text().strip()
             except OSError as exc:
                 raise ConfigError(
                     f"admin_token_file {p} cannot be read: {exc.strerror or exc}"
                 ) from None
-        return ""
+        if token and len(token) < MIN_ADMIN_TOKEN_CHARS:
+            raise ConfigError(
+                f"the admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters (it opens "
+                "the dashboard, and with --tunnel a public URL); make one with: openssl rand -hex 16"
+            )
+        return token
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (paths as strings, secrets and URL passwords masked), for the log."""

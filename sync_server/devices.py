@@ -116,11 +116,19 @@ def authenticate(engine: Engine, token: str | None) -> Device | None:
     return _device(row)
 
 
+def is_revoked(engine: Engine, device_id: int) -> bool:
+    """Whether the device has been revoked (or removed) since it authenticated."""
+    with reading(engine) as conn:
+        row = conn.execute(select(devices.c.revoked).where(devices.c.id == device_id)).first()
+    return row is None or row.revoked is not None
+
+
 __all__ = [
     "Device",
     "DeviceError",
     "add_device",
     "authenticate",
+    "is_revoked",
     "list_devices",
     "revoke_device",
     "token_digest",

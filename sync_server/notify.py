@@ -4,7 +4,9 @@
 server learns of a new release by polling one cheap query (the highest sequence of each model)
 every ``release_poll_interval`` seconds. Each connected device gets one
 ``{"type": "release", "mode", "name", "version", "sequence"}`` per model when it connects and
-one more whenever a model's sequence grows. Messages from the device are read and ignored.
+one more whenever a model's sequence grows. Messages from the device are read and ignored. A
+device revoked while its socket is open is told so and the socket closed (within REVOKED_CHECK_S,
+and before any later notice).
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ import json
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 from flask import current_app, g
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from .api import bp
+from hwrcore import protocol
+
+from .api import UNAUTHORIZED, bp
+from .devices import is_revoked
 from .registry import Current, Registry
 
 log = logging.getLogger(__name__)
@@ -27,6 +33,8 @@ log = logging.getLogger(__name__)
 sock = Sock()
 WAIT_S = 0.5  # how often a quiet socket looks whether the server is closing
 QUEUE_MAX = 64  # notices waiting for one slow socket before the oldest are dropped
+REVOKED_CHECK_S = 5.0  # how often an open socket looks whether its device was revoked
+CLOSE_REVOKED = 1008  # WebSocket close code: policy violation
 
 
 def release_message(c: Current) -> dict[str, Any]:
@@ -124,8 +132,10 @@ def notify(ws: Any) -> None:
     """Send the current releases, then each new one, until the device or the server leaves."""
     st = current_app.extensions["hwr_sync"]
     notifier: Notifier = st.notifier
-    group = getattr(g, "device", None) and g.device.group
+    device = g.device
+    group = device.group
     q = notifier.subscribe(group or None)
+    checked = time.monotonic()
     try:
         for m in notifier.current_messages(group or None):
             ws.send(json.dumps(m))
@@ -135,8 +145,15 @@ def notify(ws: Any) -> None:
             try:
                 m = q.get(timeout=WAIT_S)
             except queue.Empty:
-                continue
-            ws.send(json.dumps(m))
+                m = None
+            if m is not None or time.monotonic() - checked >= REVOKED_CHECK_S:
+                checked = time.monotonic()
+                if is_revoked(st.engine, device.id):
+                    ws.send(json.dumps(protocol.error_body("unauthorized", UNAUTHORIZED)))
+                    ws.close(CLOSE_REVOKED, "the device was revoked")
+                    return
+            if m is not None:
+                ws.send(json.dumps(m))
     except ConnectionClosed:
         pass
     finally:

@@ -139,10 +139,11 @@ def tunnel_status() -> Response:
     """``GET /api/v1/admin/tunnel``: the tunnel's state and public URL (admin token)."""
     from flask import current_app
 
-    from .api import _bearer, _is_admin, _unauthorized
+    from .api import admin_refusal
 
-    if not _is_admin(_bearer()):
-        return _unauthorized()
+    refusal = admin_refusal()
+    if refusal is not None:
+        return refusal
     return jsonify(current_app.extensions[EXTENSION].status())
 
 

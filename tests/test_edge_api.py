@@ -245,8 +245,19 @@ def test_unexpected_errors_are_500_with_the_error_shape(config, caplog):
         def boom():
             raise RuntimeError("broken")
 
+        def left():
+            raise ConnectionResetError(104, "Connection reset by peer")
+
         app.add_url_rule("/boom", "boom", boom)
+        app.add_url_rule("/left", "left", left)
         assert_error(app.test_client().get("/boom"), 500, "internal")
+        assert "unexpected error on GET /boom" in caplog.text
+        # A client that hangs up mid-request is no error of the server's: no traceback.
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="hwrcore.web_errors"):
+            assert_error(app.test_client().get("/left"), 400, "bad_request")
+        assert "the client left during GET /left" in caplog.text
+        assert "unexpected error" not in caplog.text and "Traceback" not in caplog.text
         ctx = app.extensions["hwr"]
         real = ctx.models["digit"].classifier.predict
 

@@ -70,6 +70,7 @@ class Edge:
             str(edge_models()),
             *args,
         ]
+        self.data_dir = data_dir
         self.log_path = data_dir.parent / f"{data_dir.name}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w")  # closed in stop()
         t0 = time.monotonic()
@@ -172,6 +173,11 @@ def test_http_predict_and_correct(edge):
     assert edge.health()["pending"] == before + 1
     missing = requests.get(edge.url + "nope", timeout=5)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    # The stored drawing is the device's user's alone, like every file the edge made.
+    made = [edge.data_dir, *edge.data_dir.rglob("*")]
+    assert any(p.suffix in (".h5", ".hdf5") for p in made), made
+    loose = [f"{p}: {oct(p.stat().st_mode)}" for p in made if p.stat().st_mode & 0o077]
+    assert not loose
 
 
 def test_oversized_http_body_gets_413(edge):

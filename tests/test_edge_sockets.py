@@ -15,7 +15,7 @@ import pytest
 import requests
 import websocket
 
-from edge.worker import Poller
+from hwrcore.worker import Poller
 from tests.models import require_models
 from tests.test_edge_process import Edge
 

@@ -247,6 +247,59 @@ def test_admin_summary_needs_the_admin_token_and_counts_distinct_uuids(app, clie
     assert r.json == {"devices": 1, "corrections": {"digit": 2, "char": 1}}
 
 
+def test_admin_tokens_cannot_be_guessed_faster_than_at_the_dashboard(app, client):
+    """Wrong admin tokens count with the dashboard's failed sign-ins: five from one address
+    in a minute, and every admin door answers 429 for the rest of it, the right token too."""
+    good = {"Authorization": f"Bearer {ADMIN}"}
+    assert client.get("/api/v1/admin/summary").status_code == 401  # no token: not a guess
+    wrong = [
+        client.get(path, headers={"Authorization": f"Bearer guess-{i}"}).status_code
+        for i, path in enumerate(["/api/v1/admin/summary", "/api/v1/admin/jobs"] * 3)
+    ]
+    assert wrong == [401] * 5 + [429]
+    r = client.get("/api/v1/admin/summary", headers=good)
+    assert r.status_code == 429 and r.json["error"]["code"] == "rate_limited"
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    assert client.get("/api/v1/admin/tunnel", headers=good).status_code == 429
+    # The devices' own routes are not the admin's: they go on.
+    assert client.get("/api/v1/models", headers=device(app)).status_code == 200
+
+
+def test_integers_too_long_for_a_float_are_refused_not_failed(app, client):
+    """A 400-digit integer where a number belongs is out of range for that item or field
+    (the rest of the batch goes on), never an overflow answered 500."""
+    h = {**device(app), "Content-Type": "application/json"}
+    huge = "1" + "0" * 400
+
+    def raw(path: str, body: str):
+        return client.post(path, data=body, headers=h)
+
+    good, bad, slow = item(), item(confidence=0.625), item(created=1234567890.5)
+    text = json.dumps({"corrections": [good, bad, slow]})
+    text = text.replace('"confidence": 0.625', f'"confidence": {huge}')
+    text = text.replace('"created": 1234567890.5', f'"created": -{huge}')
+    r = raw("/api/v1/corrections", text)
+    assert r.status_code == 200, r.json
+    assert [x["status"] for x in r.json["results"]] == ["stored", "rejected", "rejected"]
+    stroke = item(strokes=[[[1.0, 2.0], [3.0, 4.0]]])
+    r = raw("/api/v1/corrections", json.dumps({"corrections": [stroke]}).replace("1.0", huge, 1))
+    assert r.json["results"][0]["error"]["code"] == "out_of_range"
+    r = raw("/api/v1/heartbeat", f'{{"clock": {huge}}}')
+    assert r.status_code == 400 and r.json["error"]["code"] == "invalid_message"
+    withdrawal = (
+        f'{{"withdrawals": [{{"id": "{good["id"]}", "withdrawn": {huge}, "by": "pupil"}}]}}'
+    )
+    r = raw("/api/v1/corrections/withdraw", withdrawal)
+    assert r.status_code == 200 and r.json["results"][0]["status"] == "rejected"
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    r = client.get("/api/v1/admin/jobs/" + "9" * 25, headers=admin)
+    assert r.status_code == 404 and r.json["error"]["code"] == "not_found"
+    for query in ("limit=-1", "limit=" + "9" * 25, "limit=1001", "offset=-5"):
+        r = client.get("/api/v1/admin/quarantine?" + query, headers=admin)
+        assert r.status_code == 400 and r.json["error"]["code"] == "invalid_field", query
+    assert client.get("/api/v1/admin/quarantine?limit=1000", headers=admin).status_code == 200
+
+
 def test_rate_limit_answers_429_with_retry_after(tmp_path, database_url):
     a = make_app(tmp_path, database_url, rate_burst=3, rate_per_second=0.2)
     try:
@@ -424,19 +477,22 @@ def test_config_layers_refuse_unknown_keys_and_mask_secrets(tmp_path):
 
     toml = tmp_path / "sync.toml"
     toml.write_text('[sync]\nport = 8200\nlog_level = "debug"\n')
-    env = {"HWR_SYNC_PORT": "8300", "HWR_SYNC_ADMIN_TOKEN": "s3cret"}
+    env = {"HWR_SYNC_PORT": "8300", "HWR_SYNC_ADMIN_TOKEN": "s3cret-of-16-chars"}
     c = load_config(toml, env=env, overrides={"port": 8400, "data_dir": tmp_path})
-    assert (c.port, c.log_level, c.admin_secret()) == (8400, "debug", "s3cret")
+    assert (c.port, c.log_level, c.admin_secret()) == (8400, "debug", "s3cret-of-16-chars")
     assert c.db_url == f"sqlite:///{tmp_path / 'sync.db'}"
     assert load_config(toml, env=env).port == 8300
     shown = c.to_dict()
     assert shown["admin_token"] == "(set)" and "s3cret" not in json.dumps(shown)
+    # A short admin token is refused: it opens the dashboard, perhaps through a public tunnel.
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        load_config(env={"HWR_SYNC_ADMIN_TOKEN": "a" * 15}).admin_secret()
     pg = load_config(env={"HWR_SYNC_DATABASE_URL": "postgresql+psycopg://u:pw@h/db"})
     assert pg.to_dict()["database_url"] == "postgresql+psycopg://u:***@h/db"
     token_file = tmp_path / "admin.token"
-    token_file.write_text("from-a-file\n")
+    token_file.write_text("from-a-file-0123456789\n")
     assert load_config(env={"HWR_SYNC_ADMIN_TOKEN_FILE": str(token_file)}).admin_secret() == (
-        "from-a-file"
+        "from-a-file-0123456789"
     )
     toml.write_text("prot = 1\n")
     with pytest.raises(ConfigError, match="unknown setting 'prot'"):

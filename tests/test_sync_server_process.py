@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -24,10 +26,11 @@ ADMIN = "process-admin-token"
 pytestmark = pytest.mark.slow
 
 
-def env() -> dict[str, str]:
+def env(**extra: str) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("HWR_SYNC_")}
     e["HWR_SYNC_ADMIN_TOKEN"] = ADMIN
     e["HWR_SYNC_MODELS_DIR"] = str(MODELS_DIR)
+    e.update({f"HWR_SYNC_{k.upper()}": v for k, v in extra.items()})
     return e
 
 
@@ -48,14 +51,14 @@ def cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedP
 class Server:
     """``hwr-sync-server serve --port 0`` and the URL it printed."""
 
-    def __init__(self, data_dir: Path, *args: str):
+    def __init__(self, data_dir: Path, *args: str, **settings: str):
         self.log = open(data_dir.parent / "server.log", "w")  # closed in stop()
         self.proc = subprocess.Popen(
             [str(CLI), "serve", "--port", "0", "--data-dir", str(data_dir), *args],
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
-            env=env(),
+            env=env(**settings),
         )
         line = self.proc.stdout.readline()
         m = re.search(r"serving (http://\S+/)", line)
@@ -155,6 +158,50 @@ def test_cli_token_works_and_a_publish_reaches_the_notify_socket(server, tmp_pat
     assert s.json() == {"devices": 1, "corrections": {"digit": 1, "char": 0}}
 
 
+def test_revoking_a_device_closes_its_open_notify_socket(server, tmp_path):
+    """A device revoked while its notify socket is open hears of no later release: the socket
+    says unauthorized and closes, before the next notice and within seconds without one."""
+    data = tmp_path / "data"
+    tokens = [cli(data, "add-device", n).stdout.strip().splitlines()[-1] for n in ("a", "b")]
+    url = server.url.replace("http://", "ws://") + "/api/v1/notify"
+    a, b = (
+        websocket.create_connection(url, header=[f"Authorization: Bearer {t}"], timeout=5)
+        for t in tokens
+    )
+    try:
+        for ws in (a, b):
+            assert {json.loads(ws.recv())["name"] for _ in range(2)} == {"digits", "characters"}
+        cli(data, "revoke-device", "a")
+        cli(data, "publish", str(new_version(tmp_path / "new")))
+        assert json.loads(b.recv())["version"] == versions.digits(1)  # b is still enrolled
+        a.settimeout(10)
+        told = json.loads(a.recv())
+        assert told["error"]["code"] == "unauthorized", told
+        op, frame = a.recv_data(control_frame=True)
+        assert op == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(frame[:2], "big") == 1008
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_servers_files_are_its_users_alone(server, tmp_path):
+    """The database holds every pupil's drawing: other local users cannot read it."""
+    data = tmp_path / "data"
+    cli(data, "add-device", "d")
+    made = [data, data / "sync.db", *data.glob("sync.db-*"), data / "jobs.db"]
+    for path in [p for p in made if p.exists()]:
+        assert path.stat().st_mode & 0o077 == 0, f"{path}: {oct(path.stat().st_mode)}"
+    assert (data / "sync.db").exists()
+
+
+def test_forwarded_headers_are_not_believed_without_proxy_hops(server):
+    r = requests.get(
+        server.url + "/admin/signin", headers={"X-Forwarded-Proto": "https"}, timeout=5
+    )
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "Secure" not in cookie, cookie
+
+
 def test_over_1_mib_is_answered_413_over_real_http(server, tmp_path):
     token = cli(tmp_path / "data", "add-device", "d").stdout.strip().splitlines()[-1]
     body = json.dumps({"corrections": [item()], "pad": "x" * (1 << 20)})
@@ -165,6 +212,65 @@ def test_over_1_mib_is_answered_413_over_real_http(server, tmp_path):
         timeout=10,
     )
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    # The same body sent chunked (no Content-Length) is refused the same way.
+    chunks = (body[i : i + 65536].encode() for i in range(0, len(body), 65536))
+    conn = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=10)
+    try:
+        conn.request(
+            "POST",
+            "/api/v1/corrections",
+            body=chunks,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            encode_chunked=True,
+        )
+        resp = conn.getresponse()
+        assert resp.status == 413 and json.loads(resp.read())["error"]["code"] == "too_large"
+    finally:
+        conn.close()
+
+
+def test_half_sent_requests_hold_no_thread_and_are_cut_off(tmp_path):
+    """Clients that send half a request and stop (slowloris) take no thread from the devices,
+    are cut off after request_timeout, and gunicorn's own refusals carry the one error body."""
+    timeout = 4.0
+    s = Server(
+        tmp_path / "data", workers="1", threads="4", request_timeout=str(timeout), start_worker="0"
+    )
+    token = cli(tmp_path / "data", "add-device", "d").stdout.strip().splitlines()[-1]
+    port = int(s.url.rsplit(":", 1)[1])
+    held = []
+    try:
+        t0 = time.monotonic()
+        for _ in range(40):  # ten times the threads there are
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            c.sendall(b"POST /api/v1/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            held.append(c)
+        time.sleep(0.3)
+        r = requests.post(
+            s.url + "/api/v1/heartbeat",
+            json={},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=3,
+        )
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - t0 < timeout
+        for raw_request, status, code in (
+            (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400, "bad_request"),
+        ):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                c.sendall(raw_request)
+                head, _, body = c.recv(65536).partition(b"\r\n\r\n")
+            assert head.startswith(f"HTTP/1.1 {status}".encode()), head
+            assert json.loads(body)["error"]["code"] == code
+        for c in held:  # each is answered 408 and closed once its time is up
+            c.settimeout(timeout + 3)
+            answer = c.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+    finally:
+        for c in held:
+            c.close()
+        s.stop()
 
 
 def test_a_loose_key_file_mode_refuses_to_start(tmp_path):

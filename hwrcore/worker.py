@@ -2,10 +2,11 @@
 
 gunicorn's gthread worker gives a connection a thread as soon as it is accepted, and the thread
 then reads the request at the client's pace: 32 clients that send half a header and stop take
-every thread. :class:`EdgeWorker` reads each request whole in the worker's event loop first
+every thread. :class:`GuardedWorker` reads each request whole in the worker's event loop first
 (non-blocking, into a buffer) and gives it to a thread only once its headers and body are all
 there, so a thread only ever runs a complete request (or an open WebSocket, which ``edge.ws``
-limits). A client is cut off when:
+limits; the sync server's notify sockets hold one each). ``hwr-edge`` and ``hwr-sync-server``
+both run it; the limits come from the app's ``HWR_CONFIG``. A client is cut off when:
 
 * it sends nothing for ``request_timeout`` seconds after connecting (``keepalive`` between
   requests), or does not finish a request within ``request_timeout`` of its first byte (408);
@@ -15,7 +16,7 @@ limits). A client is cut off when:
 * all connections together buffer more than BUFFER_BUDGET bytes (503 ``busy``).
 
 Every answer gunicorn itself would give as an HTML page (400 for a bad request line or header,
-414, 431) is the wire's JSON error body instead (:meth:`EdgeWorker.handle_error`). Closing a
+414, 431) is the wire's JSON error body instead (:meth:`GuardedWorker.handle_error`). Closing a
 connection never waits in the event loop: a half-closed socket is drained from the loop for at
 most LINGER_S seconds, so the client reads the last answer instead of a reset.
 """
@@ -140,7 +141,7 @@ class Poller(selectors.DefaultSelector):
 
     A socket closed by another thread while registered leaves its entry behind (the kernel
     forgets it, the selector does not), and the next connection given the same descriptor could
-    not be registered: the worker would end, and every pupil's socket with it. The stale entry of
+    not be registered: the worker would end, and every open socket with it. The stale entry of
     a closed socket is dropped instead, and ``warn`` is told.
     """
 
@@ -165,7 +166,7 @@ def _is_open(fileobj: Any) -> bool:
     return isinstance(fileobj, int) or fileobj.fileno() >= 0
 
 
-class EdgeConn(TConn):
+class GuardedConn(TConn):
     """A connection with the bytes read for its next request and when it must be complete."""
 
     def __init__(
@@ -174,18 +175,18 @@ class EdgeConn(TConn):
         sock: socket.socket,
         client: Any,
         server: Any,
-        on_close: Callable[[EdgeConn], None],
-        linger: Callable[[EdgeConn], None],
+        on_close: Callable[[GuardedConn], None],
+        linger: Callable[[GuardedConn], None],
     ):
         super().__init__(cfg, sock, client, server)
         self.buf = bytearray()
         self.deadline = 0.0
         self.peer = client[0] if isinstance(client, tuple) else str(client)
-        self._on_close: Callable[[EdgeConn], None] | None = on_close
+        self._on_close: Callable[[GuardedConn], None] | None = on_close
         self._linger = linger
 
     def init(self) -> None:
-        """Make the HTTP/1.1 parser (no TLS, no HTTP/2 on the device)."""
+        """Make the HTTP/1.1 parser (no TLS, no HTTP/2: a tunnel or proxy in front ends TLS)."""
         if self.initialized:
             return
         self.initialized = True
@@ -201,7 +202,7 @@ class EdgeConn(TConn):
             util.close(self.sock)
 
 
-class EdgeWorker(ThreadWorker):
+class GuardedWorker(ThreadWorker):
     """gthread, with requests read whole in the event loop before a thread runs them."""
 
     def run(self) -> None:
@@ -209,7 +210,7 @@ class EdgeWorker(ThreadWorker):
         self.max_body = config.max_body_bytes if config else 1 << 20
         self.request_timeout = config.request_timeout if config else 10.0
         self.per_client = config.connections_per_client if config else 64
-        self.reading: dict[EdgeConn, None] = {}
+        self.reading: dict[GuardedConn, None] = {}
         self.lingering: dict[socket.socket, float] = {}
         self.clients: Counter[str] = Counter()
         self.buffered = 0
@@ -233,7 +234,7 @@ class EdgeWorker(ThreadWorker):
             return
         self.nr_conns += 1
         self.clients[peer] += 1
-        conn = EdgeConn(
+        conn = GuardedConn(
             self.cfg, sock, addr, listener.getsockname(), self._forget, self._linger_conn
         )
         try:
@@ -244,19 +245,19 @@ class EdgeWorker(ThreadWorker):
             self.nr_conns -= 1
             conn.close()
 
-    def _forget(self, conn: EdgeConn) -> None:
+    def _forget(self, conn: GuardedConn) -> None:
         self.clients[conn.peer] -= 1
         if self.clients[conn.peer] <= 0:
             del self.clients[conn.peer]
 
-    def _read(self, conn: EdgeConn, idle: float) -> None:
+    def _read(self, conn: GuardedConn, idle: float) -> None:
         """Wait in the event loop for the connection's next request, at most ``idle`` seconds."""
         conn.sock.setblocking(False)
         conn.deadline = time.monotonic() + idle
         self.reading[conn] = None
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
-    def _on_readable(self, conn: EdgeConn, _sock: Any = None) -> None:
+    def _on_readable(self, conn: GuardedConn, _sock: Any = None) -> None:
         try:
             data = conn.sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
@@ -282,7 +283,7 @@ class EdgeWorker(ThreadWorker):
         self._stop_reading(conn)
         self.enqueue_req(conn)
 
-    def _stop_reading(self, conn: EdgeConn) -> None:
+    def _stop_reading(self, conn: GuardedConn) -> None:
         if self.reading.pop(conn, False) is None:
             self.buffered -= len(conn.buf)
             try:
@@ -290,14 +291,14 @@ class EdgeWorker(ThreadWorker):
             except (KeyError, ValueError, OSError):
                 pass
 
-    def _refuse(self, conn: EdgeConn, refusal: Refusal) -> None:
+    def _refuse(self, conn: GuardedConn, refusal: Refusal) -> None:
         """Answer from the event loop with the error body, then close."""
         self._stop_reading(conn)
         self._send(conn.sock, error_bytes(*refusal))
         self.nr_conns -= 1
         conn.close(graceful=True)
 
-    def _drop(self, conn: EdgeConn) -> None:
+    def _drop(self, conn: GuardedConn) -> None:
         self._stop_reading(conn)
         self.nr_conns -= 1
         conn.close()
@@ -311,7 +312,7 @@ class EdgeWorker(ThreadWorker):
         except OSError:
             pass
 
-    def on_client_socket_readable(self, conn: EdgeConn, client: Any) -> None:
+    def on_client_socket_readable(self, conn: GuardedConn, client: Any) -> None:
         """A kept-alive connection sends its next request: read it in the loop as well."""
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
@@ -332,7 +333,7 @@ class EdgeWorker(ThreadWorker):
             self._end_linger(sock)
 
     # -- closing without waiting in the loop ---------------------------------------------
-    def _linger_conn(self, conn: EdgeConn) -> None:
+    def _linger_conn(self, conn: GuardedConn) -> None:
         sock = conn.sock
         try:
             sock.shutdown(socket.SHUT_WR)
@@ -362,7 +363,7 @@ class EdgeWorker(ThreadWorker):
         util.close(sock)
 
     # -- running a request in a thread ---------------------------------------------------
-    def handle(self, conn: EdgeConn) -> bool:
+    def handle(self, conn: GuardedConn) -> bool:
         """Run the request read for ``conn``; a socket wait never exceeds request_timeout."""
         req = None
         try:
@@ -399,4 +400,4 @@ class EdgeWorker(ThreadWorker):
             self.log.debug("could not send the error answer")
 
 
-__all__ = ["EdgeWorker", "Poller", "client_error", "error_bytes", "request_state"]
+__all__ = ["GuardedWorker", "Poller", "client_error", "error_bytes", "request_state"]
