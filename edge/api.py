@@ -36,7 +36,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, send_from_di
 from PIL import Image
 
 from hwrcore import protocol, web_errors
-from hwrcore.web_body import read_body
+from hwrcore.web_body import read_json
 from hwrcore.web_errors import error_response
 
 from . import guard
@@ -65,7 +65,7 @@ def _reply(reply: dict[str, Any]) -> Response:
 
 def _json_body() -> Any:
     """The request body as JSON (413 if too large); ProtocolError if not JSON."""
-    return protocol.parse_json(read_body(current_app.config["HWR_CONFIG"].max_body_bytes))
+    return read_json(current_app.config["HWR_CONFIG"].max_body_bytes)
 
 
 def _handle(kind: str, body: Any) -> dict[str, Any]:

@@ -13,8 +13,8 @@ restart loop.
 ``--tunnel`` opens an ngrok tunnel to the viewer once the worker runs (edge/remote.py); without
 a viewer token or an ngrok auth token it is refused here, one line and status 2.
 
-The worker is :class:`hwrcore.worker.GuardedWorker`: gunicorn's threads, with requests read whole in
-its event loop before a thread runs them, so slow and idle clients hold no thread.
+The worker is :class:`hwrcore.worker.GuardedWorker`: gunicorn's threads, with requests read
+whole in its event loop before a thread runs them, so slow and idle clients hold no thread.
 """
 
 from __future__ import annotations

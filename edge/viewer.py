@@ -67,7 +67,7 @@ from flask import (
 from simple_websocket import ConnectionClosed, Server
 
 from hwrcore import protocol
-from hwrcore.web_body import read_body
+from hwrcore.web_body import read_json
 
 from .api import error_response
 from .config import EdgeConfig
@@ -583,7 +583,7 @@ def signin() -> Response:
         resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
         return resp
     try:
-        body = protocol.require_object(protocol.parse_json(read_body(4096)))
+        body = protocol.require_object(read_json(4096))
     except protocol.ProtocolError as exc:
         return error_response(exc.code, exc.message)
     if not auth.matches(body.get("token")):

@@ -3,13 +3,18 @@
 Flask's ``MAX_CONTENT_LENGTH`` refuses a body that says it is too large, but a chunked body
 (no Content-Length) is cut at the limit and read as if it had ended there: the JSON it holds
 then fails to parse, and the client is told ``invalid_json`` instead of ``too_large``.
-:func:`read_body` reads one byte past the limit to tell the two apart.
+:func:`read_body` reads one byte past the limit to tell the two apart; :func:`read_json` decodes
+what it read with the wire's one JSON parser.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
+
+from hwrcore import protocol
 
 READ_CHUNK = 64 << 10
 
@@ -31,4 +36,9 @@ def read_body(limit: int) -> bytes:
         chunks.append(chunk)
 
 
-__all__ = ["read_body"]
+def read_json(limit: int) -> Any:
+    """The request body as JSON: 413 past ``limit`` bytes, ProtocolError if it is not JSON."""
+    return protocol.parse_json(read_body(limit))
+
+
+__all__ = ["read_body", "read_json"]

@@ -24,7 +24,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 
 from hwrcore import protocol
 from hwrcore.errors import HwrError
-from hwrcore.web_body import read_body
+from hwrcore.web_body import read_json
 
 from . import jobs, merge
 from .api import admin_refusal, error_response, state
@@ -49,7 +49,7 @@ def _body() -> dict[str, Any]:
     if not request.is_json:
         raise HwrError("send a JSON body (Content-Type: application/json)", code="invalid_message")
     try:
-        body = protocol.parse_json(read_body(state().config.max_body_bytes))
+        body = read_json(state().config.max_body_bytes)
     except protocol.ProtocolError:
         body = None
     if not isinstance(body, dict):
@@ -72,7 +72,7 @@ def _int(name: str, default: int, most: int = MAX_ID) -> int:
     """A whole-number query argument from 0 to ``most``; anything else is invalid_field."""
     raw = request.args.get(name)
     try:
-        value = default if raw is None else int(raw) if len(raw) <= 20 else -1
+        value = default if raw is None else int(raw)
     except ValueError:
         value = -1
     if not 0 <= value <= most:

@@ -22,7 +22,7 @@ from sqlalchemy import update
 from hwrcore import protocol, web_errors
 from hwrcore.labels import LABEL_SETS
 from hwrcore.release import canonical_json
-from hwrcore.web_body import read_body
+from hwrcore.web_body import read_json
 from hwrcore.web_errors import error_response
 
 from .corrections import merge, summary, withdraw
@@ -90,11 +90,10 @@ def admin_refusal() -> Response | None:
 @bp.before_request
 def _authenticate() -> Response | None:
     """Bearer auth on every route (the notify socket's upgrade included), then the rate limit."""
-    token = _bearer()
     if request.path.startswith(bp.url_prefix + "/admin/"):
         return admin_refusal()
     st = state()
-    device = authenticate(st.engine, token)
+    device = authenticate(st.engine, _bearer())
     if device is None:
         return _unauthorized()
     g.device = device
@@ -107,7 +106,7 @@ def _authenticate() -> Response | None:
 
 
 def _json_object() -> dict[str, Any]:
-    body = protocol.parse_json(read_body(state().config.max_body_bytes))
+    body = read_json(state().config.max_body_bytes)
     return protocol.require_object(body)
 
 
