@@ -98,7 +98,13 @@ def test_strokes_drawn_on_the_device_appear_on_two_viewer_pages(device, browser)
     assert "2 teachers are watching" in pupil.text_content("#watching")
 
     draw_with_mouse(pupil, PLUS)
-    pupil.wait_for_function("document.getElementById('result').dataset.state === 'shown'")
+    # the final answer for the whole drawing: a live guess for its first stroke may be shown
+    # first (and on a busy machine read here), and the viewers end on the final one
+    pupil.wait_for_function(
+        "(() => { const a = window.hwrApp, p = a.prediction;"
+        " return document.getElementById('result').dataset.final === 'true' && p !== null"
+        " && p.strokes.flat().length === a.pad.snapshot().flat().length; })()"
+    )
     drawn = pupil.evaluate("window.hwrApp.pad.snapshot()")
     assert len(drawn) == 2
     label = pupil.text_content("#pred-label")
