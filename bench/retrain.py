@@ -170,6 +170,7 @@ def live(args: argparse.Namespace) -> int:
     mode = "digit" if args.task == "digits" else "char"
     root = Path(tempfile.mkdtemp(prefix="hwr-bench-retrain-live-"))
     data = root / "server"
+    run_cli("init", data_dir=data)
     tokens = [
         last_line(run_cli("add-device", f"room-{d}", data_dir=data)) for d in range(args.devices)
     ]

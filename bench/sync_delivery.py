@@ -53,6 +53,7 @@ def _percentile(values: list[float], q: float) -> float:
 def publish_to_devices(work: Path, n: int) -> dict:
     """Seconds from a publish to each of ``n`` devices serving it."""
     data = work / "server"
+    run_cli("init", data_dir=data)
     tokens = [last_line(run_cli("add-device", f"d{i}", data_dir=data)) for i in range(n)]
     key = last_line(run_cli("public-key", data_dir=data))
     server = SyncServer(data)
@@ -126,6 +127,7 @@ def _ws_latency(edge: SyncedEdge, n: int, warmup: int = 50) -> list[float]:
 def prediction_cost_of_sync(work: Path, rounds: int, n: int) -> dict:
     """WebSocket predict p50/p99 with the sync client off and on, under the same corrections."""
     data = work / "server"
+    run_cli("init", data_dir=data)
     token = last_line(run_cli("add-device", "bench", data_dir=data))
     key = last_line(run_cli("public-key", data_dir=data))
     # The server shares this machine's two cores with the device here; on a school's network it

@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.auto:
         env.update(LOOP_SETTINGS)
+    _cli("init", data=data, env=env)  # a new school the first time; its key again after
     for name in DEVICES:  # registered once; the devices read their tokens from these files
         _secret_file(
             base / f"{name}.token", lambda n=name: _cli("add-device", n, data=data, env=env)

@@ -229,7 +229,8 @@ class SyncClient:
         self._refused: Counter[str] = Counter()  # "rejected" / "conflict" -> count
         self._codes: Counter[str] = Counter()  # the refusals' error codes -> count
         self._uploaded = 0
-        self._withdrawals_sent = 0
+        self._withdrawals_sent = 0  # the server withdrew them (or had already)
+        self._withdrawals_unknown = 0  # the server had no such correction: done here all the same
         self._no_withdraw_route = False
         self.tunnel_url: Callable[[], str | None] = lambda: None  # the heartbeat's tunnel_url
 
@@ -426,11 +427,13 @@ class SyncClient:
             return False
         self._no_withdraw_route = False
         done: list[str] = []
+        unknown = 0
         for res in answer.get("results") or []:
             if not isinstance(res, dict):
                 continue
             if res.get("status") in _WITHDRAWN:
                 done.append(res.get("id"))
+                unknown += res.get("status") == "unknown"
             elif res.get("status") == "rejected":
                 err = res.get("error")
                 code = err.get("code") if isinstance(err, dict) else None
@@ -438,7 +441,10 @@ class SyncClient:
         if done:
             store.mark_withdrawal_synced(done)
             with self._lock:
-                self._withdrawals_sent += len(done)
+                self._withdrawals_sent += len(done) - unknown
+                self._withdrawals_unknown += unknown
+            if unknown:
+                log.warning("sync: the server has no correction for %d withdrawal(s)", unknown)
         return len(pending) == WITHDRAWALS_PER_BATCH
 
     def _upload_store(self, mode: str, name: str, store: CorrectionStore) -> bool:
@@ -543,6 +549,7 @@ class SyncClient:
                 "refused_codes": dict(self._codes),
                 "uploaded": self._uploaded,
                 "withdrawals_sent": self._withdrawals_sent,
+                "withdrawals_unknown": self._withdrawals_unknown,
                 "server": self.server,
             }
 

@@ -1,8 +1,10 @@
 """``hwr-sync-server``: serve the school's sync server, and manage its devices and models.
 
+    hwr-sync-server init                             # a new school; its public key last
     hwr-sync-server serve [--host H] [--port P] [--data-dir D] [--config FILE.toml] [--tunnel]
     hwr-sync-server add-device NAME [--group G]      # the token alone on the last line
     hwr-sync-server revoke-device NAME
+    hwr-sync-server new-token NAME                   # a lost token replaced; the new one last
     hwr-sync-server devices
     hwr-sync-server public-key                       # the public key alone on the last line
     hwr-sync-server publish MODEL.json
@@ -16,7 +18,10 @@
 Every subcommand takes ``--data-dir`` and ``--config``; settings come from defaults, then the
 TOML file, then HWR_SYNC_* variables, then flags. The commands other than ``serve`` write the
 database directly, so they work with the server running or not (a running server tells its
-devices of a publish within a second). A domain error prints one line on stderr, status 2.
+devices of a publish within a second). Only ``init`` and ``serve`` make a new school in an empty
+data directory; the others refuse one, so a command run without the server's ``--data-dir``
+cannot add a device to a school nobody serves. A domain error prints one line on stderr,
+status 2.
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_argument("--config", type=Path, help="a TOML file of settings")
     p = argparse.ArgumentParser(prog=PROG, description="The school's sync server.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser(
+        "init", parents=[common], help="make a new school's data directory, print its public key"
+    )
     s = sub.add_parser("serve", parents=[common], help="serve the device API")
     s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port to listen on (default 8100; 0 picks a free one)")
@@ -71,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.add_argument("--group", help="a group (a class or room) for the device")
     r = sub.add_parser("revoke-device", parents=[common], help="revoke a device's token")
     r.add_argument("name")
+    nt = sub.add_parser(
+        "new-token", parents=[common], help="give a device a new token (the old one stops working)"
+    )
+    nt.add_argument("name")
     sub.add_parser("devices", parents=[common], help="list the devices")
     sub.add_parser("public-key", parents=[common], help="print the public key devices pin")
     pub = sub.add_parser("publish", parents=[common], help="publish a model (its manifest)")
@@ -250,17 +262,30 @@ def _when(t: float | None) -> str:
 
 def run_command(args: argparse.Namespace, config: SyncConfig) -> int:
     """Everything but ``serve``: open the state, act, print."""
-    from .devices import add_device, list_devices, revoke_device
+    from .devices import add_device, list_devices, new_token, revoke_device
 
     if args.command == "worker":
         from .jobs import run_worker
 
         return run_worker(config)
-    st = open_state(config)
+    from .keys import key_path
+
+    made = args.command == "init" and not key_path(config.data_dir).exists()
+    st = open_state(config, create=args.command == "init")
     try:
-        if args.command == "add-device":
+        if args.command == "init":
+            what = "a new school" if made else "the school already"
+            print(f"{what} in {config.data_dir}; its devices pin this public key:")
+            print(rel.public_key_text(st.key))
+        elif args.command == "add-device":
             token = add_device(st.engine, args.name, args.group)
             print(f"device {args.name!r} added; its token, shown this once:")
+            print(token)
+        elif args.command == "new-token":
+            token = new_token(st.engine, args.name)
+            print(
+                f"device {args.name!r} has a new token (the old one is refused), shown this once:"
+            )
             print(token)
         elif args.command == "revoke-device":
             revoke_device(st.engine, args.name)

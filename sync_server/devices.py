@@ -7,7 +7,7 @@ import hmac
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, exc, select, update
 
@@ -35,6 +35,7 @@ class Device:
     created: float
     revoked: float | None
     last_seen: float | None
+    token_sha256: str = field(default="", repr=False)  # the token it authenticated with
 
 
 def token_digest(token: str) -> str:
@@ -50,6 +51,7 @@ def _device(row) -> Device:  # type: ignore[no-untyped-def]
         created=row.created,
         revoked=row.revoked,
         last_seen=row.last_seen,
+        token_sha256=row.token_sha256,
     )
 
 
@@ -92,6 +94,22 @@ def revoke_device(engine: Engine, name: str) -> None:
                 raise DeviceError(f"no device named {name!r}", code="unknown_device")
 
 
+def new_token(engine: Engine, name: str) -> str:
+    """Give device ``name`` a new token and return it: the old one is refused from now on (a lost
+    or leaked token), a revoked device is active again, and its history (corrections, group,
+    heartbeats) stays with its name."""
+    token = secrets.token_urlsafe(32)
+    with writing(engine) as conn:
+        done = conn.execute(
+            update(devices)
+            .where(devices.c.name == name)
+            .values(token_sha256=token_digest(token), revoked=None)
+        ).rowcount
+    if not done:
+        raise DeviceError(f"no device named {name!r}", code="unknown_device")
+    return token
+
+
 def list_devices(engine: Engine) -> list[dict]:
     """Every device with its last heartbeat, by name."""
     with reading(engine) as conn:
@@ -116,11 +134,18 @@ def authenticate(engine: Engine, token: str | None) -> Device | None:
     return _device(row)
 
 
-def is_revoked(engine: Engine, device_id: int) -> bool:
-    """Whether the device has been revoked (or removed) since it authenticated."""
+def token_withdrawn(engine: Engine, device: Device) -> bool:
+    """Whether the token ``device`` authenticated with no longer holds: the device was revoked or
+    removed, or given a new token, since."""
     with reading(engine) as conn:
-        row = conn.execute(select(devices.c.revoked).where(devices.c.id == device_id)).first()
-    return row is None or row.revoked is not None
+        row = conn.execute(
+            select(devices.c.revoked, devices.c.token_sha256).where(devices.c.id == device.id)
+        ).first()
+    return (
+        row is None
+        or row.revoked is not None
+        or not hmac.compare_digest(row.token_sha256, device.token_sha256)
+    )
 
 
 __all__ = [
@@ -128,8 +153,9 @@ __all__ = [
     "DeviceError",
     "add_device",
     "authenticate",
-    "is_revoked",
     "list_devices",
+    "new_token",
     "revoke_device",
     "token_digest",
+    "token_withdrawn",
 ]

@@ -453,7 +453,7 @@ def run_worker(config: SyncConfig) -> int:
             os.nice(config.worker_nice)
         except OSError as e:
             log.warning("cannot lower the worker's priority: %s", e)
-    state = open_state(config)
+    state = open_state(config, create=False)  # serve, which starts it, made the school
     state.jobs = JobQueue(config)
     failed = fail_stale(state.engine)
     if failed:

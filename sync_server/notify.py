@@ -25,7 +25,7 @@ from simple_websocket import ConnectionClosed
 from hwrcore import protocol
 
 from .api import UNAUTHORIZED, bp
-from .devices import is_revoked
+from .devices import token_withdrawn
 from .registry import Current, Registry
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 sock = Sock()
 WAIT_S = 0.5  # how often a quiet socket looks whether the server is closing
 QUEUE_MAX = 64  # notices waiting for one slow socket before the oldest are dropped
-REVOKED_CHECK_S = 5.0  # how often an open socket looks whether its device was revoked
+REVOKED_CHECK_S = 5.0  # how often an open socket looks whether its token was withdrawn
 CLOSE_REVOKED = 1008  # WebSocket close code: policy violation
 
 
@@ -148,9 +148,9 @@ def notify(ws: Any) -> None:
                 m = None
             if m is not None or time.monotonic() - checked >= REVOKED_CHECK_S:
                 checked = time.monotonic()
-                if is_revoked(st.engine, device.id):
+                if token_withdrawn(st.engine, device):
                     ws.send(json.dumps(protocol.error_body("unauthorized", UNAUTHORIZED)))
-                    ws.close(CLOSE_REVOKED, "the device was revoked")
+                    ws.close(CLOSE_REVOKED, "the device's token was withdrawn")
                     return
             if m is not None:
                 ws.send(json.dumps(m))

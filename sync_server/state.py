@@ -2,7 +2,8 @@
 
 :func:`open_state` is what every entry point runs first (the server's factory and each CLI
 command): make the data directory, make or check the signing key, migrate the database and
-import the shipped models as the first releases.
+import the shipped models as the first releases. Only ``serve`` and ``init`` make a new school;
+the other commands need one there.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from hwrcore.errors import HwrError
 
 from .config import SyncConfig
 from .db import open_database
-from .keys import load_or_create_key
+from .keys import key_path, load_or_create_key
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -61,8 +62,19 @@ class SyncState:
         self.engine.dispose()
 
 
-def open_state(config: SyncConfig, import_shipped: bool = True) -> SyncState:
-    """Data directory, signing key, migrated database and registry, for ``config``."""
+def open_state(config: SyncConfig, import_shipped: bool = True, create: bool = True) -> SyncState:
+    """Data directory, signing key, migrated database and registry, for ``config``.
+
+    ``create=False`` (the admin's commands) refuses a data directory that holds no school (no
+    signing key) instead of making one: a command run without the server's ``--data-dir`` would
+    otherwise add a device to, or publish a model in, a new school no device ever hears of.
+    """
+    if not create and not key_path(config.data_dir).exists():
+        raise StartError(
+            f"{config.data_dir} holds no school's server (no signing key there); pass the "
+            f"--data-dir the server runs with, or make a new school with "
+            f"`hwr-sync-server init --data-dir {config.data_dir}`"
+        )
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -66,6 +66,7 @@ class School:
         self.data = root / "server"
         self.env = {**FAST, **(env or {})}
         self.tokens = []
+        run_cli("init", data_dir=self.data)
         for i in range(devices):
             extra = ["--group", groups[i]] if groups and groups[i] else []
             out = run_cli("add-device", f"room-{i}", *extra, data_dir=self.data)

@@ -76,6 +76,7 @@ def _state(data_dir: Path):
 def school(tmp_path_factory: pytest.TempPathFactory) -> Iterator[School]:
     work = tmp_path_factory.mktemp("dashboard")
     data = work / "server"
+    run_cli("init", data_dir=data)
     tokens = {}
     for name, group in (("room-1", "class-4b"), ("room-2", None), ("room-3", None)):
         args = ["add-device", name] + (["--group", group] if group else [])

@@ -26,6 +26,7 @@ def test_the_canvas_says_when_a_new_model_arrives_and_shows_the_server_online(
     playwright_browser, tmp_path
 ):
     data = tmp_path / "server"
+    run_cli("init", data_dir=data)
     token = last_line(run_cli("add-device", "room-1", data_dir=data))
     key = last_line(run_cli("public-key", data_dir=data))
     server = SyncServer(data)

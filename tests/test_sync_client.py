@@ -82,6 +82,8 @@ class FakeSyncServer:
         self.script: dict[str, deque[str]] = {}
         self.always: dict[str, str] = {}  # an action for every request to a path
         self.reject_labels = {"bad"}
+        self.takes_withdrawals = False  # off: an older server, the route is 404
+        self.withdrawn: set[str] = set()
         self.models = {"digit": {"name": "digits", "version": "1.3.0", "sequence": 4}}
         self.release = threading.Event()
         self.entered = threading.Event()  # set when a request starts to hang
@@ -187,6 +189,14 @@ class FakeSyncServer:
                 h._send(413, {"error": {"code": "too_large", "message": "over 1 MiB"}})
                 return
             h._send(200, {"results": self._corrections(body)})
+        elif path == "/api/v1/corrections/withdraw" and self.takes_withdrawals:
+            results = []
+            with self.lock:
+                for w in json.loads(body)["withdrawals"]:
+                    known = w["id"] in self.items
+                    results.append({"id": w["id"], "status": "withdrawn" if known else "unknown"})
+                    self.withdrawn |= {w["id"]} if known else set()
+            h._send(200, {"results": results})
         else:
             h._send(404, {"error": {"code": "not_found", "message": "no such route"}})
 
@@ -351,6 +361,27 @@ def test_a_server_without_the_withdraw_route_keeps_withdrawals_waiting_and_block
     assert client.status()["state"] == "online"  # the 404 of the route is not "offline"
     assert late.id in server.sent_ids()
     assert [w.id for w in stores["digit"].pending_withdrawals()] == [first.id]
+
+
+def test_a_withdrawal_the_server_has_no_correction_for_is_done_but_not_counted_as_sent(
+    tmp_path, server, stores
+):
+    """``unknown`` (a server that lost the correction, or a new database) ends the withdrawal on
+    the device, as docs/sync.md says, and is counted apart from those the server withdrew."""
+    server.takes_withdrawals = True
+    kept, lost = correction(1), correction(2)
+    for c in (kept, lost):
+        stores["digit"].add(c)
+    client = make_client(tmp_path, server.url, stores)
+    client.step()
+    del server.items[lost.id]  # the server forgot it
+    for c in (kept, lost):
+        assert stores["digit"].withdraw(c.id, "teacher")
+    client.step()
+    assert stores["digit"].pending_withdrawals() == []
+    assert server.withdrawn == {kept.id}
+    st = client.status()
+    assert st["withdrawals_sent"] == 1 and st["withdrawals_unknown"] == 1, st
 
 
 def test_an_answer_lost_after_the_server_stored_the_batch_is_sent_again_as_duplicate(
@@ -763,6 +794,10 @@ def test_against_the_real_sync_server(tmp_path, stores):
     base = [sys.executable, "-m", "sync_server.cli"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("HWR_SYNC_")}
     env["HWR_SYNC_ADMIN_TOKEN"] = "admin-token-for-the-test"
+    made = subprocess.run(
+        [*base, "init", "--data-dir", str(data)], cwd=ROOT, env=env, capture_output=True
+    )
+    assert made.returncode == 0, made.stderr
     added = subprocess.run(
         [*base, "add-device", "tablet-1", "--data-dir", str(data)],
         cwd=ROOT,

@@ -49,6 +49,7 @@ class School:
         require_models()
         self.root = root
         self.data = root / "server"
+        run_cli("init", data_dir=self.data)
         self.tokens = [
             last_line(run_cli("add-device", f"room-{i}", data_dir=self.data))
             for i in range(devices)

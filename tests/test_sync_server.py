@@ -16,7 +16,7 @@ from hwrcore import release as rel
 from sync_server import db
 from sync_server.app import close_app, create_app
 from sync_server.config import load_config
-from sync_server.devices import add_device, revoke_device
+from sync_server.devices import DeviceError, add_device, new_token, revoke_device
 from sync_server.registry import Registry, RegistryError
 from tests import versions
 from tests.pg import database_url, pg_cluster, pg_url  # noqa: F401 - SQLite and PostgreSQL
@@ -215,6 +215,19 @@ ROUTES = [
     ("get", "/api/v1/notify"),  # the WebSocket upgrade
     ("get", "/api/v1/admin/summary"),
 ]
+
+
+def test_a_new_token_replaces_the_old_and_reactivates_a_revoked_device(app, client):
+    old = device(app, "room-1")
+    revoke_device(st(app).engine, "room-1")
+    token = new_token(st(app).engine, "room-1")
+    assert client.get("/api/v1/models", headers=old).status_code == 401
+    fresh = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/models", headers=fresh).status_code == 200
+    assert token not in old["Authorization"] and len(token) == 43
+    with pytest.raises(DeviceError) as e:
+        new_token(st(app).engine, "nobody")
+    assert e.value.code == "unknown_device"
 
 
 def test_missing_wrong_or_revoked_tokens_get_the_same_401_on_every_route(app, client):

@@ -158,29 +158,37 @@ def test_cli_token_works_and_a_publish_reaches_the_notify_socket(server, tmp_pat
     assert s.json() == {"devices": 1, "corrections": {"digit": 1, "char": 0}}
 
 
-def test_revoking_a_device_closes_its_open_notify_socket(server, tmp_path):
-    """A device revoked while its notify socket is open hears of no later release: the socket
-    says unauthorized and closes, before the next notice and within seconds without one."""
+def test_revoking_a_device_or_replacing_its_token_closes_its_open_notify_socket(server, tmp_path):
+    """A device revoked (a) or given a new token (c) while its notify socket is open hears of no
+    later release on it: the socket says unauthorized and closes, before the next notice and
+    within seconds without one. The new token works; the replaced one gets 401."""
     data = tmp_path / "data"
-    tokens = [cli(data, "add-device", n).stdout.strip().splitlines()[-1] for n in ("a", "b")]
+    tokens = [cli(data, "add-device", n).stdout.strip().splitlines()[-1] for n in ("a", "b", "c")]
     url = server.url.replace("http://", "ws://") + "/api/v1/notify"
-    a, b = (
+    a, b, c = (
         websocket.create_connection(url, header=[f"Authorization: Bearer {t}"], timeout=5)
         for t in tokens
     )
     try:
-        for ws in (a, b):
+        for ws in (a, b, c):
             assert {json.loads(ws.recv())["name"] for _ in range(2)} == {"digits", "characters"}
         cli(data, "revoke-device", "a")
+        replaced = cli(data, "new-token", "c").stdout.strip().splitlines()
+        assert "shown this once" in replaced[0] and len(replaced[-1]) == 43
         cli(data, "publish", str(new_version(tmp_path / "new")))
         assert json.loads(b.recv())["version"] == versions.digits(1)  # b is still enrolled
-        a.settimeout(10)
-        told = json.loads(a.recv())
-        assert told["error"]["code"] == "unauthorized", told
-        op, frame = a.recv_data(control_frame=True)
-        assert op == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(frame[:2], "big") == 1008
+        for ws in (a, c):
+            ws.settimeout(10)
+            told = json.loads(ws.recv())
+            assert told["error"]["code"] == "unauthorized", told
+            op, frame = ws.recv_data(control_frame=True)
+            assert op == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(frame[:2], "big") == 1008
+        models = server.url + "/api/v1/models"
+        for token, status in ((tokens[2], 401), (replaced[-1], 200)):
+            r = requests.get(models, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+            assert r.status_code == status, r.text
     finally:
-        for ws in (a, b):
+        for ws in (a, b, c):
             ws.shutdown()  # the server may have closed it already: no close frame to send
 
 
@@ -275,7 +283,7 @@ def test_half_sent_requests_hold_no_thread_and_are_cut_off(tmp_path):
 
 def test_a_loose_key_file_mode_refuses_to_start(tmp_path):
     data = tmp_path / "data"
-    cli(data, "public-key")  # makes the key
+    cli(data, "init")  # makes the key
     key = data / "signing_key.pem"
     assert key.stat().st_mode & 0o777 == 0o600
     key.chmod(0o644)
@@ -287,8 +295,29 @@ def test_a_loose_key_file_mode_refuses_to_start(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+def test_only_init_and_serve_make_a_school(tmp_path):
+    """An admin command pointed at a directory with no school (a forgotten --data-dir) is refused
+    and leaves nothing there; ``init`` makes the school and prints the key ``public-key`` prints."""
+    data = tmp_path / "data"
+    for args in (["add-device", "room-1"], ["public-key"], ["devices"], ["jobs"], ["worker"]):
+        proc = cli(data, *args, check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert "holds no school's server" in last and "--data-dir" in last, last
+        assert "Traceback" not in proc.stderr
+        assert not data.exists() or not any(data.iterdir()), list(data.iterdir())
+    made = cli(data, "init").stdout.strip().splitlines()
+    assert made[0].startswith("a new school in ")
+    assert made[-1] == cli(data, "public-key").stdout.strip().splitlines()[-1]
+    again = cli(data, "init").stdout.strip().splitlines()
+    assert again[0].startswith("the school already in ") and again[-1] == made[-1]
+    cli(data, "add-device", "room-1")
+    assert cli(data, "devices").stdout.startswith("room-1\t")
+
+
 def test_domain_errors_are_one_line_and_status_2(tmp_path):
     data = tmp_path / "data"
+    cli(data, "init")
     cases = [
         ["publish", str(tmp_path / "missing.json")],
         ["rollback", "digits", "0.0.1"],

@@ -102,6 +102,7 @@ def _device_get(url: str, token: str) -> dict:
 
 def test_every_forgery_on_the_way_is_refused_and_the_old_model_keeps_serving(tmp_path):
     data = tmp_path / "server"
+    run_cli("init", data_dir=data)
     token = last_line(run_cli("add-device", "room-1", data_dir=data))
     key = last_line(run_cli("public-key", data_dir=data))
     server = SyncServer(data)
