@@ -220,6 +220,8 @@ class ModelUpdater:
         result = "ok"
         if any(v == "unreachable" for v in outcomes.values()):
             result = "unreachable"
+        elif any(v == "unauthorized" for v in outcomes.values()):
+            result = "unauthorized"  # the server answers, but not to this device's token
         with self._lock:
             self._last_check = {"at": time.time(), "result": result, "modes": outcomes}
         if result == "unreachable":

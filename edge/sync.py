@@ -297,16 +297,25 @@ class SyncClient:
             more = self._upload()
         except SyncError as exc:
             delay = self._backoff.next(exc.retry_after)
-            self._went_offline(exc.message, delay)
+            self._went_offline(exc.message, delay, refused=exc.status in (401, 403))
             return delay
         self._backoff.reset()
         return 0.0 if more else self.interval
 
-    def _went_offline(self, message: str, delay: float) -> None:
+    def _went_offline(self, message: str, delay: float, refused: bool = False) -> None:
+        """Not through: ``refused`` when the server answered that this device's token is not
+        (or no longer) accepted, a state of its own: it needs a person, not a wait."""
+        state = "refused" if refused else "offline"
         with self._lock:
             was = self._state
-            self._state, self._last_error = "offline", message
-        if was == "online":
+            self._state, self._last_error = state, message
+        if refused and was != "refused":
+            log.error(
+                "sync: %s refuses this device's token; corrections wait here until the device "
+                "has a token the server accepts",
+                self.server,
+            )
+        elif was == "online":
             log.warning(
                 "sync: %s is offline (%s); trying again in %.1f s", self.server, message, delay
             )

@@ -649,6 +649,16 @@ def test_a_server_that_is_down_changes_nothing(tmp_path, key):
     assert state_of(config) is None
 
 
+def test_a_refused_token_is_reported_as_unauthorized_not_ok(tmp_path, server, key):
+    """A revoked or replaced token: the server answers, and /healthz says it refuses the device."""
+    config = edge_config(tmp_path, server, key)
+    config.sync_token = "a-token-the-server-does-not-know"
+    with opened(config) as ctx:
+        assert ctx.delivery.check_now() == {"*": "unauthorized"}
+        assert health(ctx)["delivery"]["last_check"]["result"] == "unauthorized"
+        assert version_of(ctx) == versions.digits()
+
+
 def test_a_model_whose_outputs_differ_from_its_manifest_fails_its_probe(config, server, key):
     data, manifest = digit_version(versions.digits(1))
     manifest["outputs"]["embedding"]["shape"] = [1, 64]  # the model's embedding has 128

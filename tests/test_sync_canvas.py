@@ -22,7 +22,7 @@ from tests.test_browser import (  # noqa: F401 - a fixture
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def test_the_canvas_says_when_a_new_model_arrives_and_shows_the_server_online(
+def test_the_canvas_says_when_a_new_model_arrives_and_whether_the_server_takes_the_device(
     playwright_browser, tmp_path
 ):
     data = tmp_path / "server"
@@ -45,6 +45,11 @@ def test_the_canvas_says_when_a_new_model_arrives_and_shows_the_server_online(
         wait_for(lambda: edge.health()["models"]["digit"]["version"] == new, 30, "the new model")
         page.wait_for_selector("#models[data-state='new']")
         assert "New model" in models.text_content() and new in models.text_content()
+
+        run_cli("revoke-device", "room-1", data_dir=data)  # the server refuses it from now on
+        wait_for(lambda: edge.health()["sync"]["state"] == "refused", 30, "the refusal")
+        page.wait_for_selector("#sync[data-state='refused']", timeout=30_000)
+        assert "refuses this device" in page.text_content("#sync")
     finally:
         if context is not None:
             context.close()

@@ -564,6 +564,7 @@ def test_a_wrong_token_is_shown_and_the_token_never_appears_in_status_or_logs(
     with caplog.at_level(logging.DEBUG):
         client.step()
         assert "refused this device's token (401 unauthorized)" in client.status()["last_error"]
+        assert client.status()["state"] == "refused"  # a person must act: not "offline"
         server.token = TOKEN
         server.plan("/api/v1/heartbeat", "hang:5", "500", "drop")
         for _ in range(4):

@@ -819,6 +819,13 @@ class App {
       el.title = "This device keeps its corrections; none are sent anywhere.";
       return;
     }
+    if (state === "refused") {
+      el.textContent = "School server: refuses this device";
+      el.title =
+        "The school's server does not accept this device's token (revoked or replaced). " +
+        "Corrections stay on this device; whoever runs the server can give it a new token.";
+      return;
+    }
     if (state !== "online" && state !== "offline") {
       el.textContent = "School server: ?";
       el.title = "";
