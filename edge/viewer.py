@@ -88,8 +88,14 @@ POLL_S = 0.25  # how often a viewer's socket looks for what the viewer sent
 FRAME_GAP_S = 0.02
 MAX_VIEWER_MESSAGE = 4096
 MAX_TOKEN_CHARS = 500
-FAILS_ALLOWED = 10  # failed sign-ins in FAIL_WINDOW_S before sign-in is refused for a while
+# Failed sign-ins in FAIL_WINDOW_S before sign-in is refused for a while: per client, and from
+# every remote client together (a classroom's own network is never shut out by the second, so
+# no one on the internet can lock the teachers out; 100 a minute still leaves a 16-character
+# token out of reach of guessing).
+FAILS_PER_CLIENT = 5
+FAILS_REMOTE = 100
 FAIL_WINDOW_S = 60.0
+MAX_CLIENTS_TRACKED = 10_000  # clients with recent failures kept; past it, the oldest go
 ASSETS = frozenset({"viewer.js", "viewer.css"})
 # Headers a proxy (ngrok's agent included) adds: with a tunnel configured, such a request is
 # remote whatever its Host says.
@@ -424,7 +430,8 @@ class ViewerAuth:
         self.lifetime = minutes * 60.0
         self._clock = clock
         self._sessions: dict[bytes, float] = {}  # sha256 of the session id -> expiry
-        self._fails: deque[float] = deque()
+        self._fails: dict[str, deque[float]] = {}  # client -> its recent failures, oldest first
+        self._remote_fails: deque[float] = deque()
         self._lock = threading.Lock()
 
     def matches(self, token: object) -> bool:
@@ -433,19 +440,38 @@ class ViewerAuth:
             return False
         return hmac.compare_digest(_digest(token.strip()), self._token)
 
-    def retry_after(self) -> float:
-        """Seconds until sign-in is taken again (0: now)."""
+    def retry_after(self, client: str = "", remote: bool = False) -> float:
+        """Seconds until ``client`` may try to sign in again (0: now)."""
         now = self._clock()
         with self._lock:
-            while self._fails and self._fails[0] <= now - FAIL_WINDOW_S:
-                self._fails.popleft()
-            if len(self._fails) < FAILS_ALLOWED:
-                return 0.0
-            return self._fails[0] + FAIL_WINDOW_S - now
+            mine = self._recent(self._fails.get(client), now)
+            waits = [0.0]
+            if mine is not None and len(mine) >= FAILS_PER_CLIENT:
+                waits.append(mine[0] + FAIL_WINDOW_S - now)
+            every = self._recent(self._remote_fails, now)
+            if remote and len(every) >= FAILS_REMOTE:
+                waits.append(every[0] + FAIL_WINDOW_S - now)
+            return max(waits)
 
-    def failed(self) -> None:
+    def failed(self, client: str = "", remote: bool = False) -> None:
+        """Count a wrong token from ``client`` (and, ``remote``, from the tunnel's side)."""
+        now = self._clock()
         with self._lock:
-            self._fails.append(self._clock())
+            mine = self._fails.pop(client, None) or deque()
+            mine.append(now)
+            self._fails[client] = mine  # the newest last: the dict's order is by last failure
+            while len(self._fails) > MAX_CLIENTS_TRACKED:
+                del self._fails[next(iter(self._fails))]
+            if remote:
+                self._remote_fails.append(now)
+                while len(self._remote_fails) > FAILS_REMOTE:
+                    self._remote_fails.popleft()
+
+    @staticmethod
+    def _recent(fails: deque[float] | None, now: float) -> deque[float] | None:
+        while fails and fails[0] <= now - FAIL_WINDOW_S:
+            fails.popleft()
+        return fails
 
     def start(self) -> str:
         """A new session; returns its id (the cookie's value)."""
@@ -569,13 +595,25 @@ def _secure() -> bool:
     return request.is_secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
 
 
+def _client() -> str:
+    """Who is signing in: the address the tunnel's agent saw (the last X-Forwarded-For hop it
+    added) for a request it forwarded from this machine, else the connection's own address.
+    A hop anyone else claims is not believed."""
+    addr = request.remote_addr or ""
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if forwarded and addr in ("127.0.0.1", "::1"):
+        return "tunnel " + forwarded.rsplit(",", 1)[-1].strip()[:64]
+    return addr
+
+
 @bp.post("/signin")
 def signin() -> Response:
     """Check the viewer token and start a session (a cookie)."""
     auth = _auth()
     if request.mimetype != "application/json":
         return error_response("unsupported_media_type", "send the token as JSON", 415)
-    wait = auth.retry_after()
+    client, remote = _client(), current_app.extensions[GATE].is_remote()
+    wait = auth.retry_after(client, remote)
     if wait > 0:
         resp = error_response(
             "rate_limited", "too many wrong tokens: wait a minute and try again", 429
@@ -587,7 +625,7 @@ def signin() -> Response:
     except protocol.ProtocolError as exc:
         return error_response(exc.code, exc.message)
     if not auth.matches(body.get("token")):
-        auth.failed()
+        auth.failed(client, remote)
         log.warning("viewer: a sign-in with a wrong token was refused")
         return error_response("unauthorized", "that is not this device's viewer token", 401)
     sid = auth.start()

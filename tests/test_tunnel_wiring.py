@@ -16,6 +16,7 @@ import pytest
 import requests
 import websocket
 
+from edge.viewer import FAILS_PER_CLIENT
 from tests.test_edge_process import HWR_EDGE, Edge, edge_models
 
 pytest.importorskip("pyngrok")
@@ -181,6 +182,39 @@ def test_through_the_tunnel_only_the_viewer_answers(tunnelled):
         assert json.loads(ws.recv())["type"] == "snapshot"
     finally:
         ws.close()
+
+
+def test_wrong_tokens_through_the_tunnel_lock_out_their_sender_only(tunnelled):
+    """Someone on the internet sending wrong viewer tokens waits; a teacher elsewhere, and one
+    in the classroom, still sign in."""
+    edge, _, tunnel = tunnelled
+    base, headers = remote(edge, tunnel)
+    origin = {**headers, "Origin": tunnel["url"]}
+
+    def sign_in(token: str, **more: str) -> requests.Response:
+        return requests.post(
+            base + "viewer/signin", json={"token": token}, headers={**origin, **more}, timeout=10
+        )
+
+    attacker = {"X-Forwarded-For": "203.0.113.66"}
+    codes = [sign_in("not-it-at-all", **attacker).status_code for _ in range(FAILS_PER_CLIENT)]
+    assert codes == [401] * FAILS_PER_CLIENT
+    locked = sign_in(VIEWER_TOKEN, **attacker)
+    assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+    assert locked.json()["error"]["code"] == "rate_limited"
+    # the agent appends the address it saw: a hop the sender adds before it changes nothing
+    assert (
+        sign_in(VIEWER_TOKEN, **{"X-Forwarded-For": "198.51.100.1, 203.0.113.66"}).status_code
+        == 429
+    )
+    assert sign_in(VIEWER_TOKEN, **{"X-Forwarded-For": "198.51.100.7"}).status_code == 200
+    local = requests.post(
+        edge.url + "viewer/signin",
+        json={"token": VIEWER_TOKEN},
+        headers={"Origin": edge.url.rstrip("/")},
+        timeout=10,
+    )
+    assert local.status_code == 200, local.text
 
 
 def test_shutdown_closes_the_tunnel_and_kills_the_agent(tmp_path):

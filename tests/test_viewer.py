@@ -7,7 +7,16 @@ import time
 
 import pytest
 
-from edge.viewer import LIVE_LIMIT, QUEUE_LIMIT, Viewer, ViewerAuth, ViewerHub
+from edge.viewer import (
+    FAILS_PER_CLIENT,
+    FAILS_REMOTE,
+    LIVE_LIMIT,
+    MAX_CLIENTS_TRACKED,
+    QUEUE_LIMIT,
+    Viewer,
+    ViewerAuth,
+    ViewerHub,
+)
 
 DOWN = [[10.0, 10.0], [10.0, 40.0], [10.0, 80.0], [10.0, 120.0]]
 ACROSS = [[0.0, 60.0], [40.0, 60.0], [80.0, 60.0]]
@@ -297,12 +306,25 @@ def test_the_viewer_token_is_checked_in_constant_time_and_sessions_expire():
     assert not auth.valid(sid)
 
 
-def test_failed_sign_ins_are_limited():
+def test_failed_sign_ins_are_limited_per_client_and_never_shut_the_classroom_out():
     now = [0.0]
     auth = ViewerAuth("a-long-viewer-token-1234", 60, clock=lambda: now[0])
-    for _ in range(10):
-        assert auth.retry_after() == 0
-        auth.failed()
-    assert auth.retry_after() == pytest.approx(60.0)
+    for _ in range(FAILS_PER_CLIENT):
+        assert auth.retry_after("tunnel 203.0.113.9", True) == 0
+        auth.failed("tunnel 203.0.113.9", True)
+    assert auth.retry_after("tunnel 203.0.113.9", True) == pytest.approx(60.0)
+    assert auth.retry_after("tunnel 198.51.100.7", True) == 0  # another teacher is not locked out
     now[0] += 61
-    assert auth.retry_after() == 0
+    assert auth.retry_after("tunnel 203.0.113.9", True) == 0
+    # many addresses together: remote sign-ins wait, the classroom's own network does not
+    for i in range(FAILS_REMOTE):
+        auth.failed(f"tunnel 10.0.{i // 250}.{i % 250}", True)
+    assert auth.retry_after("tunnel 198.51.100.7", True) == pytest.approx(60.0)
+    assert auth.retry_after("192.168.1.20", False) == 0
+    for _ in range(FAILS_PER_CLIENT):
+        auth.failed("192.168.1.66", False)
+    assert auth.retry_after("192.168.1.66", False) > 0
+    assert auth.retry_after("192.168.1.20", False) == 0
+    for i in range(MAX_CLIENTS_TRACKED + 10):  # what is kept stays bounded
+        auth.failed(f"c{i}")
+    assert len(auth._fails) == MAX_CLIENTS_TRACKED
