@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,24 @@ from .styles import STYLES
 
 SCHEMA_VERSION = 1
 PIXELS = "float 0..1 before quantisation, white ink on black, upright"
+
+
+def _fields_of(cls: type, data: Any, where: str) -> dict[str, Any]:
+    """``data``'s fields for ``cls``: every required one there, none unknown (ManifestError)."""
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where}: expected a JSON object")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ManifestError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}")
+    missing = [
+        n
+        for n, f in known.items()
+        if n not in data and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing:
+        raise ManifestError(f"{where}: missing field(s) {', '.join(map(repr, missing))}")
+    return dict(data)
 
 
 @dataclass
@@ -70,14 +88,20 @@ class Manifest:
     def from_dict(cls, data: Any, where: str = "manifest") -> Manifest:
         if not isinstance(data, dict):
             raise ManifestError(f"{where}: expected a JSON object")
+        d = _fields_of(cls, data, where)
+        outputs = d["outputs"]
+        if not isinstance(outputs, dict):
+            raise ManifestError(f"{where}: field 'outputs' must be an object of tensors")
+        d["input"] = TensorSpec(**_fields_of(TensorSpec, d["input"], f"{where}: input"))
+        d["outputs"] = {
+            k: TensorSpec(**_fields_of(TensorSpec, v, f"{where}: output {k!r}"))
+            for k, v in outputs.items()
+        }
+        m = cls(**d)
         try:
-            d = dict(data)
-            d["input"] = TensorSpec(**d["input"])
-            d["outputs"] = {k: TensorSpec(**v) for k, v in d["outputs"].items()}
-            m = cls(**d)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ManifestError(f"{where}: missing or malformed field ({exc})") from None
-        m.check(where)
+            m.check(where)
+        except (TypeError, AttributeError, IndexError):  # a field of the wrong JSON type
+            raise ManifestError(f"{where}: a field has the wrong type") from None
         return m
 
     def check(self, where: str = "manifest") -> None:

@@ -386,10 +386,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             status = serve(config, args.config)
         else:
-            return run_command(args, config)
+            status = run_command(args, config)
+            sys.stdout.flush()  # a closed pipe raises here, not at exit
+            return status
     except HwrError as exc:
         print(f"{PROG}: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # ``hwr-sync-server devices | head``: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 1
     except OSError as exc:
         print(f"{PROG}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_USAGE

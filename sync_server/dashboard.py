@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -477,6 +478,10 @@ def publish() -> Response:
             (folder / "manifest.json").write_text(json.dumps(manifest))
             model_file.save(folder / fname)
             c = state().registry.publish(folder / "manifest.json", by=_who())
+        except HwrError as exc:  # named as the admin named them, not by the server's paths
+            shown = Path(manifest_file.filename or "the manifest").name
+            message = exc.message.replace(str(folder / "manifest.json"), shown)
+            raise HwrError(message.replace(f"{folder}{os.sep}", ""), code=exc.code) from None
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return f"{c.name} {c.version} is published and current (sequence {c.sequence})."

@@ -470,6 +470,20 @@ def test_publish_by_upload_then_roll_back(app, client, tmp_path: Path):
     page = client.get("/admin/models").text
     assert 'data-kind="bad"' in page and "sha256" in page
     assert models_as_device(client, h)["digit"] == new
+    # a manifest the server cannot read is named as it was uploaded, not by the server's path
+    odd = {**json.loads(manifest.read_bytes()), "colour": "red"}
+    r = client.post(
+        "/admin/models/publish",
+        data={
+            "csrf_token": token,
+            "manifest": (io.BytesIO(json.dumps(odd).encode()), "odd.json"),
+            "model": (io.BytesIO(model.read_bytes()), f"digits-{new}.tflite"),
+        },
+        content_type="multipart/form-data",
+    )
+    page = client.get("/admin/models").text
+    assert "odd.json: unknown field(s) &#39;colour&#39;" in page, re.findall(r"alert.>[^<]*", page)
+    assert "uploads" not in page
     # roll back: a new release naming the shipped version reaches the device
     r = client.post(
         "/admin/models/rollback", data={"csrf_token": token, "name": "digits", "version": shipped}

@@ -315,6 +315,27 @@ def test_only_init_and_serve_make_a_school(tmp_path):
     assert cli(data, "devices").stdout.startswith("room-1\t")
 
 
+def test_a_listing_into_a_closed_pipe_ends_quietly(tmp_path):
+    """``hwr-sync-server devices | head -0``: no traceback, no error line, not status 0."""
+    data = tmp_path / "data"
+    cli(data, "init")
+    cli(data, "add-device", "room-1")
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        proc = subprocess.run(
+            [str(CLI), "devices", "--data-dir", str(data)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr
+
+
 def test_domain_errors_are_one_line_and_status_2(tmp_path):
     data = tmp_path / "data"
     cli(data, "init")
