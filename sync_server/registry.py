@@ -28,7 +28,7 @@ from hwrcore.errors import HwrError
 from hwrcore.labels import LABEL_SETS
 from hwrcore.manifest import Manifest, load_manifest
 
-from .db import models, reading, releases, writing
+from .db import devices, models, reading, releases, writing
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +343,8 @@ class Registry:
                 f"{', '.join(known) or 'none'})",
                 code="unknown_version",
             )
+        if group is not None:
+            self._has_devices(group)
         now = self.current(name, group)
         if now is not None and now.version == version:
             if group is None or self._aimed_at(name, now.sequence) == group:
@@ -353,6 +355,28 @@ class Registry:
                     code="already_current",
                 )
         return self._release(name, version, by, group)
+
+    def _has_devices(self, group: str) -> None:
+        """RegistryError unless an active device is in ``group``: a mistyped group would
+        otherwise take a release that reaches nobody, and say nothing."""
+        active = devices.c.revoked.is_(None)
+        with reading(self.engine) as conn:
+            found = conn.execute(
+                select(func.count()).where(devices.c.group_name == group, active)
+            ).scalar()
+            groups = conn.execute(
+                select(devices.c.group_name)
+                .where(devices.c.group_name.is_not(None), active)
+                .distinct()
+                .order_by(devices.c.group_name)
+            ).scalars()
+            known = ", ".join(groups)
+        if not found:
+            raise RegistryError(
+                f"no active device is in group {group!r} (groups: {known or 'none'}); "
+                "add-device NAME --group GROUP puts a device in one",
+                code="unknown_group",
+            )
 
     def _aimed_at(self, name: str, sequence: int) -> str | None:
         with reading(self.engine) as conn:

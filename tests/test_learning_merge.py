@@ -24,6 +24,7 @@ from sync_server.app import close_app, create_app
 from sync_server.config import load_config
 from sync_server.devices import add_device
 from sync_server.merge import Policy, assess, capped
+from sync_server.registry import RegistryError
 from sync_server.retrain import gate
 from sync_server.snapshots import make_snapshot, read_snapshot, split_by_device, write_snapshot
 from tests import versions
@@ -446,8 +447,15 @@ def test_rollout_to_a_group_then_every_device(app, tmp_path):
         return rel["version"], rel["sequence"]
 
     assert served(a) == (versions.digits(1), 4) and served(b) == (versions.digits(), 3)
+    sign_in(client, token=ADMIN)
+    page = client.get("/admin/models").text
+    assert f"; for group pilot: <strong>{versions.digits(1)}</strong>" in page
     with pytest.raises(Exception, match="already"):
         s.registry.rollout("digits", versions.digits(1), "pilot", by="ms-head")
+    with pytest.raises(
+        RegistryError, match=r"no active device is in group 'pilt' \(groups: pilot\)"
+    ):
+        s.registry.rollout("digits", versions.digits(1), "pilt", by="ms-head")  # a typo
     s.registry.rollout("digits", versions.digits(1), None, by="ms-head")
     assert served(a) == (versions.digits(1), 5) and served(b) == (versions.digits(1), 5)
     v = {x["version"]: x for x in s.registry.versions("digits")}
