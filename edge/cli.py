@@ -128,9 +128,10 @@ class BootFailure(logging.Filter):
 class EdgeServer(BaseApplication):
     """gunicorn running ``create_app(config)`` on an already bound socket."""
 
-    def __init__(self, config: EdgeConfig, fd: int):
+    def __init__(self, config: EdgeConfig, fd: int, ready_lines: tuple[str, ...] = ()):
         self.edge_config = config
         self.fd = fd
+        self.ready_lines = ready_lines  # printed by the first worker once it answers
         self.boot_read, self.boot_write = os.pipe()
         self.boot_failure = BootFailure(self.boot_read)
         super().__init__()
@@ -150,7 +151,7 @@ class EdgeServer(BaseApplication):
             "accesslog": None,
             "proc_name": "hwr-edge",
             "post_fork": _die_with_parent,
-            "post_worker_init": _on_worker_ready,
+            "post_worker_init": self._on_worker_ready,
             "worker_exit": _on_worker_exit,
             "on_starting": self._on_starting,
             "control_socket_disable": True,  # gunicorn >= 27 would open one in $HOME
@@ -158,6 +159,12 @@ class EdgeServer(BaseApplication):
         for key, value in settings.items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
+
+    def _on_worker_ready(self, worker: Any) -> None:
+        _on_worker_ready(worker)
+        if worker.age == 1:  # the first worker: "serving" once the app is made, not before
+            for line in self.ready_lines:
+                print(line, flush=True)
 
     def _on_starting(self, arbiter: Any) -> None:
         logging.getLogger("gunicorn.error").addFilter(self.boot_failure)
@@ -202,13 +209,15 @@ def serve(config: EdgeConfig) -> int:
         raise StartError(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
         ) from None
-    print(f"hwr-edge: serving {url_of(sock)} (data in {config.data_dir})", flush=True)
+    lines = [f"hwr-edge: serving {url_of(sock)} (data in {config.data_dir})"]
     if config.tunnel:
         # The worker opens the tunnel to the port actually bound (--port 0 included).
         config = dataclasses.replace(config, port=sock.getsockname()[1])
-        print("hwr-edge: opening an ngrok tunnel to the viewer in the background", flush=True)
+        lines.append("hwr-edge: opening an ngrok tunnel to the viewer in the background")
     # The app is imported in the worker only: the master stays small (it only supervises).
-    server = EdgeServer(config, sock.detach())
+    # The worker prints the lines once it answers: a store or model that fails to open is
+    # then the one line on stderr, with no "serving" before it.
+    server = EdgeServer(config, sock.detach(), tuple(lines))
     master = os.getpid()
     try:
         server.run()

@@ -350,6 +350,20 @@ def test_missing_models_exit_2_with_one_line(tmp_path):
     assert len(lines) == 1 and "digits.json" in lines[0] and lines[0].startswith("hwr-edge:")
 
 
+def test_a_failure_in_the_worker_exits_2_without_saying_serving(tmp_path):
+    """The app is made in the worker: until it answers, nothing says the device is serving."""
+    env = {
+        "HWR_EDGE_SYNC_URL": "http://127.0.0.1:9",
+        "HWR_EDGE_SYNC_TOKEN": "a-device-token",
+        "HWR_EDGE_SYNC_PUBLIC_KEY": "not-a-key",
+    }
+    args = ["--port", "0", "--data-dir", str(tmp_path / "d"), "--models-dir", str(edge_models())]
+    out = _run_cli(*args, env=env)
+    assert out.returncode == 2 and out.stdout == "", out.stdout
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("hwr-edge: ") and "public key is not base64" in last, last
+
+
 def test_port_in_use_exits_2(edge, tmp_path):
     port = edge.url.rsplit(":", 1)[1].strip("/")
     args = ["--port", port, "--data-dir", str(tmp_path), "--models-dir", str(edge_models())]
