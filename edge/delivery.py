@@ -83,6 +83,8 @@ MAX_LIST_BYTES = 1 << 20  # largest /api/v1/models answer read
 REFUSALS_KEPT = 20  # refusals shown in /healthz
 CHUNK = 64 << 10
 LISTEN_TICK = 0.5  # seconds between looks at wake() and stop() while the socket is open
+# The server pings an open notify socket every 25 s: one silent this long is dead, and reopened.
+NOTIFY_SILENT_S = 90.0
 
 
 class Unreachable(DeliveryError):
@@ -637,8 +639,11 @@ class ModelUpdater:
         return ws
 
     def _listen(self, ws: Any) -> None:
+        """Read notices until the socket closes or falls silent; a ping is answered and read as
+        a sign of life (it used to be read as the start of a notice that never came)."""
         import websocket
 
+        heard = time.monotonic()
         while not self._stop.is_set():
             due = self._retry_at is not None and time.monotonic() >= self._retry_at
             if self._wake.is_set() or due:
@@ -647,11 +652,21 @@ class ModelUpdater:
             try:
                 ready, _, _ = select.select([ws.sock], [], [], LISTEN_TICK)
                 if not ready:
+                    if time.monotonic() - heard > NOTIFY_SILENT_S:
+                        log.info("model delivery: notify socket silent; opening it again")
+                        return
                     continue
-                text = ws.recv()
+                opcode, data = ws.recv_data(control_frame=True)  # a ping is ponged in there
             except (websocket.WebSocketException, OSError, ValueError, TypeError):
                 log.info("model delivery: notify socket closed")
                 return
+            heard = time.monotonic()
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                log.info("model delivery: notify socket closed by the server")
+                return
+            if opcode != websocket.ABNF.OPCODE_TEXT:
+                continue
+            text = data.decode("utf-8", "replace")
             if not text:
                 return
             try:

@@ -9,6 +9,7 @@ bytes appended (so its sha256 differs) under a manifest naming another version.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -45,7 +46,8 @@ SEVEN = [[[60.0, 50.0], [220.0, 50.0], [130.0, 240.0]]]
 class FakeSync:
     """Release routes of docs/sync.md on 127.0.0.1, in a thread; tests change what it serves."""
 
-    def __init__(self, notify: bool = True):
+    def __init__(self, notify: bool = True, ping_interval: float | None = None):
+        self.notify_opens = 0  # notify sockets opened by the device
         self.releases: dict[str, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}  # url -> bytes served
         self.cut_after: int | None = None  # cut the next file download after this many bytes
@@ -54,6 +56,8 @@ class FakeSync:
         self.sockets: list[queue.Queue] = []
         self._closing = threading.Event()
         app = Flask(__name__)
+        if ping_interval is not None:
+            app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": ping_interval}
         self._routes(app)
         if notify:
             self._notify(app)
@@ -127,6 +131,7 @@ class FakeSync:
                 ws.close()
                 return
             q: queue.Queue = queue.Queue()
+            self.notify_opens += 1
             self.sockets.append(q)
             try:
                 for mode, item in list(self.releases.items()):
@@ -599,6 +604,25 @@ def test_a_notice_on_the_socket_brings_the_new_model_within_seconds(config, serv
         t0 = time.monotonic()
         ctx.delivery.stop()
         assert time.monotonic() - t0 < 5 and health(ctx)["delivery"]["notify"] == "stopped"
+
+
+def test_the_servers_pings_keep_one_notify_socket_open(tmp_path, key):
+    """A ping is a sign of life: the socket stays open across many, and a notice still arrives."""
+    server = FakeSync(ping_interval=0.6)  # longer than the read timeout, as 25 s is than 15 s
+    try:
+        config = dataclasses.replace(edge_config(tmp_path, server, key), sync_read_timeout=0.3)
+        with opened(config) as ctx:
+            ctx.delivery.start()
+            wait_until = time.monotonic() + 5
+            while health(ctx)["delivery"]["notify"] != "connected":
+                assert time.monotonic() < wait_until, "the notify socket did not open"
+                time.sleep(0.05)
+            time.sleep(3.0)  # five pings, each once read as the start of a notice
+            assert server.notify_opens == 1
+            publish(server, key, versions.digits(1), 2)
+            assert _wait_for(ctx, versions.digits(1), 5) < 5
+    finally:
+        server.close()
 
 
 def test_without_a_socket_it_polls_and_a_heartbeat_wakes_it(tmp_path, key):
