@@ -103,8 +103,8 @@ def require_authentication(protected: bool, what: str) -> None:
     """Refuse a tunnel unless every route it exposes requires a token (the URL is public)."""
     if not protected:
         raise TunnelRefused(
-            f"ngrok tunnel refused: {what} does not require a token for every route the tunnel "
-            "exposes; set one before opening a public URL"
+            f"ngrok tunnel refused: {what} would be open to anyone with the public URL; "
+            "set its token before opening one"
         )
 
 

@@ -117,16 +117,24 @@ def gate(
             "passed": nh["n"] > 0 and nh["accuracy"] > ph["accuracy"],
             "value": (nh["accuracy"] - ph["accuracy"]) if nh["n"] else None,
             "limit": 0.0,
-            "detail": (
-                f"held-out corrections ({nh['n']}) {ph['accuracy']:.2%} -> {nh['accuracy']:.2%}"
-                if nh["n"]
-                else "no held-out corrections (every correction comes from one device)"
-            ),
+            "detail": _heldout_detail(ph, nh),
         }
     )
     failed = [c for c in checks if not c["passed"]]
     reason = "; ".join(f"{c['check']}: {c['detail']}" for c in failed) if failed else None
     return {"passed": not failed, "checks": checks, "reason": reason}
+
+
+def _heldout_detail(ph: dict, nh: dict) -> str:
+    if not nh["n"]:
+        return "no held-out corrections (every correction comes from one device)"
+    figures = f"held-out corrections ({nh['n']}) {ph['accuracy']:.2%} -> {nh['accuracy']:.2%}"
+    if ph["accuracy"] >= 1.0:
+        return (
+            f"{figures}: the current version already reads every held-out correction, so a new "
+            "one has nothing to show it does better; retrain when more corrections have come"
+        )
+    return figures
 
 
 # -- measuring (ai-edge-litert, no TensorFlow) ----------------------------------------------------

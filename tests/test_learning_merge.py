@@ -190,6 +190,10 @@ def test_the_gate_refuses_each_kind_of_regression_with_its_reason():
     assert not recall["passed"] and "'0' by 4.0%" in recall["reason"]
     flat = gate(parent, m(0.990, {"0": 0.99, "1": 0.99}, 0.60), 0.002, 0.03)
     assert not flat["passed"] and flat["reason"].startswith("heldout_accuracy")
+    perfect = m(0.990, {"0": 0.99, "1": 0.99}, 1.0)
+    told = gate(perfect, perfect, 0.002, 0.03)  # nothing left to do better on
+    assert not told["passed"] and "already reads every held-out correction" in told["reason"]
+    assert "already reads" not in flat["reason"]
 
 
 def test_the_gate_judges_classes_of_one_shape_together_and_every_other_class_alone():

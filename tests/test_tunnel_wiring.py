@@ -399,6 +399,7 @@ def test_the_sync_server_tunnel_is_refused_without_an_admin_token(tmp_path):
     assert out.returncode == 2, out
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith("hwr-sync-server: ngrok tunnel refused: the sync server's admin routes")
+    assert "would be open to anyone with the public URL" in line, line
     assert agent.events() == []
 
 
