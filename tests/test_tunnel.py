@@ -278,7 +278,9 @@ def test_no_token_refuses_before_anything_starts(agent, tmp_path):
 
 
 def test_an_unprotected_app_is_refused_even_with_a_token(agent):
-    with pytest.raises(TunnelRefused, match="the edge viewer would be open to anyone with the public URL") as err:
+    with pytest.raises(
+        TunnelRefused, match="the edge viewer would be open to anyone with the public URL"
+    ) as err:
         start_tunnel(
             8123,
             protected=False,
