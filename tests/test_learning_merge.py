@@ -476,6 +476,7 @@ def test_admin_routes_need_the_token_and_answer_json(app, tmp_path):
     assert client.get("/api/v1/admin/quarantine").status_code == 401
     assert client.post("/api/v1/admin/retrain", json={"name": "digits"}).status_code == 401
     tokens = [add_device(st(app).engine, f"room-{i}") for i in range(3)]
+    add_device(st(app).engine, "pilot-1", "pilot")  # the group rolled out to below
     for t in tokens[:2]:
         store(client, t, [item(label="6", image=img(6)) for _ in range(3)])
     bad = item(label="0", image=img(6))
