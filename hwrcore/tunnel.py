@@ -335,8 +335,8 @@ class Tunnel:
         with self._lock:
             if self._state != "open":
                 return
+            log.warning("%s", message)
             self._state, self._error, self._url = "failed", message, None
-        log.warning("%s", message)
         self._bounded(self._kill_agent, 3.0)
         self._notify()
 
@@ -523,9 +523,9 @@ class Tunnel:
         with self._lock:
             if self._state != "starting":
                 return
+            log.warning("%s", message)  # in the log before /healthz can say "failed"
             self._state, self._error, self._url = "failed", message, None
         self._kill_agent()
-        log.warning("%s", message)
         self._notify()
         self._done.set()
 
