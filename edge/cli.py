@@ -29,9 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
-
 from hwrcore.errors import HwrError
+from hwrcore.gunicorn_app import ServedApp
 from hwrcore.serving import bind, die_with_parent, keep_private, url_of
 
 from .config import EdgeConfig, load_config
@@ -40,7 +39,6 @@ from .models import check_models
 log = logging.getLogger("edge")
 
 EXIT_USAGE = 2
-WORKER_BOOT_ERROR = 3  # gunicorn's: the master stops instead of starting another worker
 PR_SET_PDEATHSIG = 1
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -104,42 +102,16 @@ def _on_worker_exit(server: Any, worker: Any) -> None:
         log.info("stores closed")
 
 
-class BootFailure(logging.Filter):
-    """In the master: reads why the worker could not start, and then mutes gunicorn's lines
-    about it (the reason is printed once, by ``main``)."""
-
-    def __init__(self, fd: int):
-        super().__init__()
-        self.fd = fd
-        self.reason: str | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.reason is None and record.getMessage().endswith(
-            f"exited with code {WORKER_BOOT_ERROR}."
-        ):
-            os.set_blocking(self.fd, False)
-            try:
-                self.reason = os.read(self.fd, 4096).decode(errors="replace").strip() or None
-            except OSError:
-                pass
-        return self.reason is None
-
-
-class EdgeServer(BaseApplication):
-    """gunicorn running ``create_app(config)`` on an already bound socket."""
+class EdgeServer(ServedApp):
+    """gunicorn running ``create_app(config)`` in one worker."""
 
     def __init__(self, config: EdgeConfig, fd: int, ready_lines: tuple[str, ...] = ()):
         self.edge_config = config
-        self.fd = fd
-        self.ready_lines = ready_lines  # printed by the first worker once it answers
-        self.boot_read, self.boot_write = os.pipe()
-        self.boot_failure = BootFailure(self.boot_read)
-        super().__init__()
+        super().__init__(fd, ready_lines)
 
-    def load_config(self) -> None:
+    def settings(self) -> dict[str, Any]:
         c = self.edge_config
-        settings = {
-            "bind": [f"fd://{self.fd}"],
+        return {
             "workers": 1,  # one process writes the stores
             "worker_class": "hwrcore.worker.GuardedWorker",
             "threads": c.threads,  # an open WebSocket holds a thread
@@ -151,35 +123,16 @@ class EdgeServer(BaseApplication):
             "accesslog": None,
             "proc_name": "hwr-edge",
             "post_fork": _die_with_parent,
-            "post_worker_init": self._on_worker_ready,
             "worker_exit": _on_worker_exit,
-            "on_starting": self._on_starting,
-            "control_socket_disable": True,  # gunicorn >= 27 would open one in $HOME
         }
-        for key, value in settings.items():
-            if key in self.cfg.settings:
-                self.cfg.set(key, value)
 
-    def _on_worker_ready(self, worker: Any) -> None:
+    def worker_ready(self, worker: Any) -> None:
         _on_worker_ready(worker)
-        if worker.age == 1:  # the first worker: "serving" once the app is made, not before
-            for line in self.ready_lines:
-                print(line, flush=True)
 
-    def _on_starting(self, arbiter: Any) -> None:
-        logging.getLogger("gunicorn.error").addFilter(self.boot_failure)
-
-    def load(self) -> Any:
-        """In the worker: the app; if it cannot be made, tell the master why and end at once."""
+    def make_app(self) -> Any:
         from .app import create_app
 
-        try:
-            return create_app(self.edge_config)
-        except Exception as exc:
-            reason = exc.message if isinstance(exc, HwrError) else f"{type(exc).__name__}: {exc}"
-            log.debug("the worker could not start", exc_info=exc)
-            os.write(self.boot_write, reason.encode()[:4000])
-            os._exit(WORKER_BOOT_ERROR)
+        return create_app(self.edge_config)
 
 
 class StartError(HwrError):

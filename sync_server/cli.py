@@ -40,10 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
-
 from hwrcore import release as rel
 from hwrcore.errors import HwrError
+from hwrcore.gunicorn_app import ServedApp
 from hwrcore.serving import bind, die_with_parent, keep_private, url_of
 
 from .config import SyncConfig, load_config
@@ -103,18 +102,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class SyncServer(BaseApplication):
-    """gunicorn running ``create_app(config)`` on an already bound socket."""
+class SyncServer(ServedApp):
+    """gunicorn running ``create_app(config)`` in ``workers`` processes."""
 
-    def __init__(self, config: SyncConfig, fd: int):
+    def __init__(self, config: SyncConfig, fd: int, ready_lines: tuple[str, ...] = ()):
         self.sync_config = config
-        self.fd = fd
-        super().__init__()
+        super().__init__(fd, ready_lines)
 
-    def load_config(self) -> None:
+    def settings(self) -> dict[str, Any]:
         c = self.sync_config
-        settings = {
-            "bind": [f"fd://{self.fd}"],
+        return {
             "workers": c.workers,
             "worker_class": "hwrcore.worker.GuardedWorker",  # slow clients hold no thread
             "threads": c.threads,  # an open notify socket holds a thread
@@ -130,13 +127,9 @@ class SyncServer(BaseApplication):
             "proc_name": PROG,
             "post_fork": _die_with_parent,
             "worker_exit": _on_worker_exit,
-            "control_socket_disable": True,  # gunicorn >= 27 would open one in $HOME
         }
-        for key, value in settings.items():
-            if key in self.cfg.settings:
-                self.cfg.set(key, value)
 
-    def load(self) -> Any:
+    def make_app(self) -> Any:
         from .app import create_app
 
         return create_app(self.sync_config)
@@ -219,27 +212,37 @@ def serve(config: SyncConfig, config_file: Path | None = None) -> int:
 
         check_tunnel(config)  # TunnelRefused: no admin token or no ngrok token, exit 2
     log.info("effective config: %s", config.to_dict())
-    open_state(config).close()  # every start-up failure is reported here, before binding
+    # Start-up failures are reported here, before binding: the database, the key, the queue.
+    open_state(config).close()
+    from .jobs import JobQueue
+
+    JobQueue(config).close()
     try:
         sock = bind(config.host, config.port)
     except OSError as exc:
         raise StartError(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
         ) from None
-    print(f"{PROG}: serving {url_of(sock)} (data in {config.data_dir})", flush=True)
+    # Printed by the first worker once its app is made: a worker that cannot start is then the
+    # one line on stderr, with no "serving" before it.
+    lines = [f"{PROG}: serving {url_of(sock)} (data in {config.data_dir})"]
     from .remote import no_tunnel, open_tunnel
 
     tunnel, master = None, os.getpid()
     if config.tunnel:  # one agent, in this process, whatever the number of workers
         tunnel = open_tunnel(config, sock.getsockname()[1])
-        print(f"{PROG}: opening an ngrok tunnel in the background", flush=True)
+        lines.append(f"{PROG}: opening an ngrok tunnel in the background")
     else:
         no_tunnel(config)
-    server = SyncServer(config, sock.detach())
+    server = SyncServer(config, sock.detach(), tuple(lines))
     worker = WorkerSupervisor(config, config_file) if config.start_worker else None
     try:
         server.run()
     except SystemExit as exc:
+        if os.getpid() != master:
+            raise  # in a forked worker: gunicorn's exit status is the master's to read
+        if server.boot_failure.reason is not None:
+            raise StartError(server.boot_failure.reason) from None
         return exc.code if isinstance(exc.code, int) else 1
     finally:
         if worker is not None and os.getpid() == worker.pid:  # gunicorn's workers unwind here too

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from hwrcore.errors import HwrError
 from hwrcore.labels import LABEL_SETS
 
 from .db import ACTIVE_JOB, corrections, jobs, reading, writing
+from .state import StartError
 
 if TYPE_CHECKING:
     from .config import SyncConfig
@@ -314,14 +316,17 @@ def make_huey(config: SyncConfig, immediate: bool = False) -> tuple[Any, Tasks]:
     """A Huey on the jobs file of ``config`` with the server's tasks registered on it."""
     from huey import SqliteHuey, crontab
 
-    config.jobs_path.parent.mkdir(parents=True, exist_ok=True)
-    h = SqliteHuey(
-        name="hwr-sync",
-        filename=str(config.jobs_path),
-        immediate=immediate,
-        results=False,
-        utc=True,
-    )
+    try:
+        config.jobs_path.parent.mkdir(parents=True, exist_ok=True)
+        h = SqliteHuey(
+            name="hwr-sync",
+            filename=str(config.jobs_path),
+            immediate=immediate,
+            results=False,
+            utc=True,
+        )
+    except (OSError, sqlite3.Error) as e:
+        raise StartError(f"cannot open the job queue {config.jobs_path}: {e}") from None
 
     def score(mode: str) -> None:
         worker_context().score(mode)

@@ -295,6 +295,20 @@ def test_a_loose_key_file_mode_refuses_to_start(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+def test_a_job_queue_that_cannot_be_opened_refuses_to_start_before_serving(tmp_path):
+    data = tmp_path / "data"
+    cli(data, "init")
+    (data / "jobs.db").mkdir()  # not a file SQLite can open
+    for args in (["serve", "--port", "0"], ["worker"]):
+        proc = cli(data, *args, check=False)
+        assert proc.returncode == 2 and "serving" not in proc.stdout, proc.stdout
+        lines = [line for line in proc.stderr.strip().splitlines() if "hwr-sync-server:" in line]
+        assert lines == [
+            f"hwr-sync-server: cannot open the job queue {data / 'jobs.db'}: "
+            "unable to open database file"
+        ], proc.stderr
+
+
 def test_only_init_and_serve_make_a_school(tmp_path):
     """An admin command pointed at a directory with no school (a forgotten --data-dir) is refused
     and leaves nothing there; ``init`` makes the school and prints the key ``public-key`` prints."""
