@@ -6,9 +6,11 @@ Pages (GET; without a session they redirect to the sign-in page): ``/admin/`` de
 model input, drawn). Actions (POST forms; without a session 401, without a valid CSRF token
 403, both in the one error shape): ``/admin/signout``, ``/admin/quarantine/decide``,
 ``/admin/models/publish``, ``/admin/models/rollout``, ``/admin/models/rollback``,
-``/admin/jobs/retrain``. Each action redirects back to its page with a message (post, then
-redirect, then get). Sign-in is ``/admin/signin`` (sync_server/auth.py); the stylesheet and
-script are served from ``web/admin/`` at ``/admin/static/``.
+``/admin/jobs/retrain``, ``/admin/devices/revoke``. Each action redirects back to its page with a
+message (post, then redirect, then get). ``/admin/devices/add`` and ``/admin/devices/new-token``
+answer with the device's settings and token instead (sync_server/device_admin.py). Sign-in is
+``/admin/signin`` (sync_server/auth.py); the stylesheet and script are served from ``web/admin/``
+at ``/admin/static/``.
 
 Every ``/admin`` response carries a Content-Security-Policy that allows only this server's own
 scripts, styles and images (no inline script), refuses framing and is never cached.
@@ -530,6 +532,8 @@ def _iso(t: float | None) -> str:
 
 def init_app(app: Flask) -> None:
     """Register the dashboard: sign-in and sessions, pages, filters, security headers."""
+    from . import device_admin  # noqa: F401  (its routes join the blueprint before it registers)
+
     auth.init_app(app, app.config["HWR_CONFIG"])
     app.register_blueprint(bp)
     app.add_template_filter(_fmt_time, "when")

@@ -102,7 +102,7 @@ def admin_rules(app) -> list[tuple[str, str]]:
 
 def test_every_admin_route_is_refused_without_a_session(app, client):
     rules = admin_rules(app)
-    assert len(rules) == 13  # as tests/test_dashboard_browser.py's ROUTES lists them
+    assert len(rules) == 16  # as tests/test_dashboard_browser.py's ROUTES lists them
     for method, path in rules:
         r = client.open(path, method=method)
         if method == "GET" and not path.endswith((".json", ".png")):
@@ -359,6 +359,72 @@ def test_devices_page_shows_heartbeats_and_escapes_what_devices_send(app, client
     assert "online" in row and "class-4b" in row and ">7<" in row
     row2 = re.search(r'<tr data-device="room-2">(.*?)</tr>', page, re.S).group(1)
     assert "offline" in row2 and "never" in row2
+
+
+def _heartbeat(client, token: str) -> int:
+    r = client.post(
+        "/api/v1/heartbeat",
+        json={"models": {}, "pending": 0},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    return r.status_code
+
+
+def _token_on(page: str) -> str:
+    m = re.search(r'<code id="token">([A-Za-z0-9_-]{40,})</code>', page)
+    assert m, page
+    return m.group(1)
+
+
+def test_a_device_added_from_the_dashboard_gets_its_token_once(app, client):
+    csrf = signed_in(client)
+    r = client.post(
+        "/admin/devices/add", data={"name": "room-7", "group": "year-2", "csrf_token": csrf}
+    )
+    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
+    token = _token_on(r.text)
+    key = app.extensions["hwr_sync"].key
+    from hwrcore.release import public_key_text
+
+    assert public_key_text(key) in r.text and f"HWR_EDGE_SYNC_TOKEN={token}" in r.text
+    assert 'sync_url = "http://localhost"' in r.text
+    assert "room-7 is registered in group year-2." in r.text
+    assert _heartbeat(client, token) == 200
+    page = client.get("/admin/").text
+    assert token not in page  # shown once: never on the devices page, never in the session
+    cookie = client.get_cookie("hwr_admin", path="/admin")
+    assert cookie is not None and token not in cookie.value
+    row = re.search(r'<tr data-device="room-7">(.*?)</tr>', page, re.S).group(1)
+    assert "year-2" in row and "New token" in row and "Revoke" in row
+
+    again = client.post("/admin/devices/add", data={"name": "room-7", "csrf_token": csrf})
+    assert again.status_code == 303
+    assert "a device named &#39;room-7&#39; exists already" in client.get("/admin/").text
+    bad = client.post("/admin/devices/add", data={"name": "../x", "csrf_token": csrf})
+    assert bad.status_code == 303
+    assert "must be 1-100 letters" in client.get("/admin/").text
+    r = client.post("/admin/devices/add", data={"name": "room-8"})  # no CSRF token
+    assert r.status_code == 403 and r.json["error"]["code"] == "csrf_failed"
+
+
+def test_revoke_and_new_token_from_the_dashboard(app, client):
+    old = device_headers(app, "room-1")["Authorization"].split()[1]
+    csrf = signed_in(client)
+    r = client.post("/admin/devices/revoke", data={"name": "room-1", "csrf_token": csrf})
+    assert r.status_code == 303 and _heartbeat(client, old) == 401
+    page = client.get("/admin/").text
+    assert "room-1 is revoked; give it a new token to let it sync again." in page
+    row = re.search(r'<tr data-device="room-1">(.*?)</tr>', page, re.S).group(1)
+    assert "revoked" in row and "Revoke</button>" not in row and "New token" in row
+
+    r = client.post("/admin/devices/new-token", data={"name": "room-1", "csrf_token": csrf})
+    assert r.status_code == 200 and "room-1 has a new token" in r.text
+    new = _token_on(r.text)
+    assert new != old and _heartbeat(client, new) == 200 and _heartbeat(client, old) == 401
+    r = client.post("/admin/devices/new-token", data={"name": "room-9", "csrf_token": csrf})
+    assert r.status_code == 303 and "no device named &#39;room-9&#39;" in client.get("/admin/").text
+    r = client.post("/admin/devices/revoke", data={"name": "room-9", "csrf_token": csrf})
+    assert r.status_code == 303 and "no device named &#39;room-9&#39;" in client.get("/admin/").text
 
 
 def test_devices_page_says_whether_the_server_is_reachable_remotely(app, client):

@@ -340,6 +340,41 @@ def test_a_retrain_job_shows_live_progress(page, school):
         st.close()
 
 
+def _heartbeat(school: School, token: str) -> int:
+    r = requests.post(
+        school.url + "/api/v1/heartbeat",
+        json={},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    return r.status_code
+
+
+def test_add_a_device_revoke_it_and_give_it_a_new_token(page, school):
+    p = page.page
+    sign_in(page, school.url)
+    p.wait_for_url(school.url + "/admin/")
+    p.fill("#device-name", "room-9")
+    p.fill("#device-group", "year-5")
+    p.click("#add-device-form button")
+    assert "room-9 is registered in group year-5." in p.locator(".flash").inner_text()
+    token = p.locator("#token").inner_text()
+    settings = p.locator("#device-settings").inner_text()
+    assert f"HWR_EDGE_SYNC_TOKEN={token}" in settings and f'sync_url = "{school.url}"' in settings
+    assert p.locator("#public-key").inner_text() in settings
+    assert _heartbeat(school, token) == 200
+    p.click("text=Back to the devices")
+    row = p.locator('tr[data-device="room-9"]')
+    assert "year-5" in row.inner_text() and token not in p.content()
+    row.locator("form.revoke button").click()  # the page asks first: accepted
+    assert "room-9 is revoked" in p.locator(".flash").inner_text()
+    assert "revoked" in row.inner_text() and _heartbeat(school, token) == 401
+    row.locator("form.new-token button").click()
+    assert "room-9 has a new token" in p.locator(".flash").inner_text()
+    new = p.locator("#token").inner_text()
+    assert new != token and _heartbeat(school, new) == 200 and _heartbeat(school, token) == 401
+
+
 def test_a_form_post_without_its_csrf_token_is_refused(page, school):
     p = page.page
     sign_in(page, school.url)
@@ -373,6 +408,9 @@ ROUTES = [
     ("POST", "/admin/models/rollout"),
     ("POST", "/admin/models/rollback"),
     ("POST", "/admin/jobs/retrain"),
+    ("POST", "/admin/devices/add"),
+    ("POST", "/admin/devices/new-token"),
+    ("POST", "/admin/devices/revoke"),
 ]
 
 
