@@ -18,13 +18,16 @@ exactly as it was predicted.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import shutil
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +47,9 @@ TOP_K = 3
 CORRECTION = "correction"
 CONFIRMATION = "confirmation"
 WITHDRAWERS = ("pupil", "teacher")
+DISK_FULL = "this device's storage is full; free some space on it (a teacher's job)"
+# Under this much free space /healthz says "degraded" before corrections start failing.
+LOW_DISK_BYTES = 32 << 20
 
 
 @dataclass
@@ -145,6 +151,9 @@ class Context:
         # and the hwrcore.tunnel.Tunnel when one was asked for.
         self.viewers: Any = None
         self.tunnel: Any = None
+        # Set when a correction could not be stored because the disk is full; cleared by the
+        # next one stored. /healthz reports it, and the page tells the pupil to fetch a teacher.
+        self.disk_full_at: float | None = None
         self._swap_lock = threading.Lock()
 
     @property
@@ -445,12 +454,16 @@ def _store(ctx: Context, recent: Recent, label: str, kind: str = CORRECTION) -> 
             raise Unavailable(exc.message, code=exc.code) from None
         except (StoreError, OSError, RuntimeError) as exc:
             log.error("storing a %s correction failed: %s", recent.mode, exc)
+            if _disk_full(exc):
+                ctx.disk_full_at = time.time()
+                raise Unavailable(DISK_FULL, code="disk_full") from None
             raise Unavailable("the correction could not be stored; try again") from None
         except InvalidCorrection as exc:
             # Everything was checked before; a refusal here is a bug, not the client's fault.
             log.error("the store refused a %s correction: %s", recent.mode, exc)
             raise Internal("the correction could not be stored; it was logged") from None
         recent.correction = (correction.id, label, kind)
+        ctx.disk_full_at = None
         if ctx.sync is not None:
             ctx.sync.wake()  # send it now when the server is reachable (sets an event, no I/O)
         # Read under the writer's lock: a swap takes it too, and the new personaliser is given
@@ -485,9 +498,44 @@ def pending_total(ctx: Context) -> int:
     return int(sum(int(store.pending_count()) for store in ctx.stores.values()))
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a failed write failed for want of space (the store may wrap the OSError)."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # the error, then what it was raised from
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen):  # HDF5's errors carry the errno as text
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def storage(ctx: Context) -> dict[str, Any]:
+    """Free space where the stores are, and whether the last correction failed for want of it."""
+    free = None
+    for store in ctx.stores.values():
+        try:
+            free = shutil.disk_usage(Path(store.path).parent).free
+        except OSError:
+            continue
+        break
+    return {"free_bytes": free, "full": ctx.disk_full_at is not None}
+
+
 def health(ctx: Context) -> dict[str, Any]:
     """Model versions and labels, store state and pending corrections, as /healthz answers."""
-    return {
+    reasons = []
+    space = storage(ctx)
+    if space["full"]:
+        reasons.append(f"corrections cannot be saved: {DISK_FULL}")
+    elif space["free_bytes"] is not None and space["free_bytes"] < LOW_DISK_BYTES:
+        reasons.append(
+            f"little storage left on this device ({space['free_bytes'] / 2**20:.1f} MiB free): "
+            "corrections stop being saved when it is full"
+        )
+    out = {
         "status": "ok",
         "models": {
             mode: {**s.model.info, "labels": list(s.model.labels)} for mode, s in ctx.served.items()
@@ -500,7 +548,11 @@ def health(ctx: Context) -> dict[str, Any]:
         "tunnel": ctx.tunnel.status() if ctx.tunnel is not None else {"state": "off"},
         "viewers": ctx.viewers.count() if ctx.viewers is not None else 0,
         "uptime_s": round(time.monotonic() - ctx.started, 3),
+        "storage": space,
     }
+    if reasons:
+        out["reasons"] = reasons
+    return out
 
 
 def _plain(value: Any) -> Any:

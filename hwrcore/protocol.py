@@ -62,6 +62,7 @@ STATUS: dict[str, int] = {
     "unavailable": 503,
     "busy": 503,
     "store_full": 507,
+    "disk_full": 507,
 }
 
 # A seq is echoed as sent; it must be an integer a browser's JSON can hold exactly.

@@ -42,6 +42,7 @@ const PUPIL_WORDS = {
   rate_limited: "Too fast! Wait a moment, then try again.",
   unavailable: "The app is restarting. Try again in a moment.",
   busy: "The app is busy. Try again in a moment.",
+  disk_full: "This device is full. Tell your teacher.",
 };
 const STORAGE = { mode: "hwr.mode", guides: "hwr.guides", recent: "hwr.recent" };
 
@@ -481,6 +482,7 @@ class App {
       const why = ["unreachable", "connection_lost"].includes(err.code) ? OFFLINE : words(err);
       this.showCorrection("error", `Not saved: ${why}`, label);
       if (err.code === "store_full") $("pending").dataset.state = "full";
+      if (err.code === "disk_full") this.refreshHealth(); // the footer says so to the teacher
     } finally {
       this.saving = false;
       $("keypad").removeAttribute("aria-busy");
@@ -786,7 +788,8 @@ class App {
       ? (fresh ? "New model: " : "") + parts.join(" \u00b7 ")
       : "Models: none loaded";
     models_el.title = parts.length ? `Models: ${parts.join(", ")}` : "No model is loaded.";
-    this.showPending(Number.isFinite(health.pending) ? health.pending : null);
+    const full = Boolean(health.storage && health.storage.full);
+    this.showPending(Number.isFinite(health.pending) ? health.pending : null, full);
     this.showSync(health.sync || null);
     if (Number.isFinite(health.viewers)) this.showWatching(health.viewers);
     this.showRemote(health.tunnel || null);
@@ -842,10 +845,17 @@ class App {
     el.title = notes.filter(Boolean).join(" ");
   }
 
-  showPending(count) {
+  showPending(count, storageFull = false) {
     const pending = $("pending");
     if (count !== null && count !== Number(pending.dataset.count)) delete pending.dataset.state;
     pending.dataset.count = count === null ? "" : String(count);
+    if (storageFull) {
+      pending.dataset.state = "disk-full";
+      pending.textContent = "Storage full: tell a teacher";
+      pending.title = "Corrections cannot be saved: this device's storage is full. Free some space on it.";
+      return;
+    }
+    if (pending.dataset.state === "disk-full") delete pending.dataset.state;
     pending.textContent = `Waiting to sync: ${count === null ? "?" : count}`;
     pending.title = "Corrections and confirmations on this device not yet sent to the school's server.";
   }
