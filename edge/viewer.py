@@ -15,13 +15,17 @@ Without a viewer token the viewer is off: every route answers 404 ``viewer_off``
 
 The socket's protocol, server to viewer (every message JSON with a ``type`` and a ``seq``):
 
-* ``snapshot`` ``{seq, drawing, mode, strokes, open, prediction, correction}``: what is on the
+* ``snapshot`` ``{seq, drawing, mode, strokes, open, prediction, correction, answer}``: what is on the
   canvas now (``open``: the last stroke may still grow). First on join, and whenever asked.
 * ``clear`` ``{seq, drawing, mode}``: a new drawing (``closed: true``: the canvas page left).
 * ``stroke`` ``{seq, stroke: i, points}``: stroke ``i`` is finished; its points, all of them.
 * ``undo`` ``{seq, strokes: n}``: only the first ``n`` strokes are left.
-* ``prediction`` ``{seq, mode, label, confidence, top, source, model}``; ``corrected``
-  ``{seq, label}``: the pupil's live guess and the pupil's correction.
+* ``prediction`` ``{seq, mode, label, confidence, top, source, model}``: the pupil's live guess.
+* ``corrected`` ``{seq, label, kind, predicted}``: the pupil saved an answer (``kind``
+  "correction", or "confirmation": the guess was kept as right). The page clears its drawing
+  once an answer is saved, so the answer is also held as the canvas's last ``answer``, which a
+  clear does not forget: a snapshot carries it, until the pupil saves another or takes it back.
+* ``withdrawn`` ``{seq}``: the pupil (or a teacher) took the last answer back.
 * ``points`` ``{seq, stroke: i, from: k, points}``: live points of the stroke being drawn, put
   at index ``k`` of stroke ``i``. These may be thinned for a slow viewer, so they do not count:
   their ``seq`` is that of the last event that did. Every other event's ``seq`` is one more than
@@ -44,15 +48,11 @@ queue is dropped and the viewer gets a fresh snapshot. Nothing here is written t
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-import secrets
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from flask import (
@@ -72,6 +72,13 @@ from hwrcore.web_body import read_json
 from .api import error_response
 from .config import EdgeConfig
 from .guard import _name_of, allowed_hosts
+from .viewer_auth import (  # noqa: F401 - the sign-in's limits, as the viewer's
+    FAIL_WINDOW_S,
+    FAILS_PER_CLIENT,
+    FAILS_REMOTE,
+    MAX_CLIENTS_TRACKED,
+    ViewerAuth,
+)
 from .ws import EXTENSION as SOCKETS
 from .ws import RateLimit, _handshake_error, _Upgraded, finish
 
@@ -87,15 +94,6 @@ POLL_S = 0.25  # how often a viewer's socket looks for what the viewer sent
 # so a fast pupil costs each viewer's thread a bounded number of sends a second.
 FRAME_GAP_S = 0.02
 MAX_VIEWER_MESSAGE = 4096
-MAX_TOKEN_CHARS = 500
-# Failed sign-ins in FAIL_WINDOW_S before sign-in is refused for a while: per client, and from
-# every remote client together (a classroom's own network is never shut out by the second, so
-# no one on the internet can lock the teachers out; 100 a minute still leaves a 16-character
-# token out of reach of guessing).
-FAILS_PER_CLIENT = 5
-FAILS_REMOTE = 100
-FAIL_WINDOW_S = 60.0
-MAX_CLIENTS_TRACKED = 10_000  # clients with recent failures kept; past it, the oldest go
 ASSETS = frozenset({"viewer.js", "viewer.css"})
 # Headers a proxy (ngrok's agent included) adds: with a tunnel configured, such a request is
 # remote whatever its Host says.
@@ -181,6 +179,8 @@ class ViewerHub:
         self._open = False
         self._prediction: dict[str, Any] | None = None
         self._correction: dict[str, Any] | None = None
+        self._answer: dict[str, Any] | None = None  # the last answer saved on this canvas
+        self._answer_id: str | None = None
         self._seq = 0
 
     # -- viewers ------------------------------------------------------------------------------
@@ -259,6 +259,7 @@ class ViewerHub:
                 "open": self._open,
                 "prediction": self._prediction,
                 "correction": self._correction,
+                "answer": self._answer,
             }
         )
 
@@ -306,10 +307,23 @@ class ViewerHub:
                 self._send(events)
         elif kind == "clear" and answered == "cleared":
             self._reset(canvas, closed=False)
-        elif kind == "correct" and answered == "corrected":
+        elif (kind, answered) in (("correct", "corrected"), ("confirm", "confirmed")):
             with self._lock:
-                self._correction = {"label": reply.get("label")}
-                self._send([self._strict({"type": "corrected", **self._correction})])
+                answer = {
+                    "label": reply.get("label"),
+                    "kind": "confirmation" if answered == "confirmed" else "correction",
+                    "predicted": (self._prediction or {}).get("label"),
+                }
+                if answered == "corrected":
+                    self._correction = {"label": answer["label"]}
+                self._answer, self._answer_id = answer, reply.get("correction_id")
+                self._send([self._strict({"type": "corrected", **answer})])
+        elif kind == "withdraw" and answered == "withdrawn":
+            with self._lock:
+                if self._answer is None or reply.get("correction_id") != self._answer_id:
+                    return
+                self._answer = self._answer_id = self._correction = None
+                self._send([self._strict({"type": "withdrawn"})])
 
     def canvas_closed(self, canvas: str) -> None:
         """The canvas page's socket closed: its drawing is no longer on any screen."""
@@ -324,6 +338,7 @@ class ViewerHub:
                 event: dict[str, Any] = {"type": "clear", "drawing": self._drawing + 1}
                 if closed:
                     self._owner, self._mode = None, None
+                    self._answer = self._answer_id = None
                     event["closed"] = True
                 else:
                     event["mode"] = self._mode
@@ -389,6 +404,8 @@ class ViewerHub:
             self._open = False
             self._add(events, new, p)
         else:
+            if canvas != self._owner:  # another canvas page: its own answers, none yet
+                self._answer = self._answer_id = None
             self._owner, self._mode = canvas, mode
             self._drawing += 1
             self._prediction = self._correction = None
@@ -413,87 +430,6 @@ class ViewerHub:
 def _grows(before: list, after: list) -> bool:
     """Whether stroke ``after`` is stroke ``before`` with points added at its end."""
     return len(after) > len(before) and after[: len(before)] == before
-
-
-# ---- sign-in ---------------------------------------------------------------------------------
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
-
-
-class ViewerAuth:
-    """The viewer token, the signed-in sessions (in memory) and a limit on failed sign-ins."""
-
-    def __init__(self, token: str, minutes: int, clock: Callable[[], float] = time.monotonic):
-        self._token = _digest(token)
-        self.lifetime = minutes * 60.0
-        self._clock = clock
-        self._sessions: dict[bytes, float] = {}  # sha256 of the session id -> expiry
-        self._fails: dict[str, deque[float]] = {}  # client -> its recent failures, oldest first
-        self._remote_fails: deque[float] = deque()
-        self._lock = threading.Lock()
-
-    def matches(self, token: object) -> bool:
-        """Whether ``token`` is the viewer token (constant time; any length)."""
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
-            return False
-        return hmac.compare_digest(_digest(token.strip()), self._token)
-
-    def retry_after(self, client: str = "", remote: bool = False) -> float:
-        """Seconds until ``client`` may try to sign in again (0: now)."""
-        now = self._clock()
-        with self._lock:
-            mine = self._recent(self._fails.get(client), now)
-            waits = [0.0]
-            if mine is not None and len(mine) >= FAILS_PER_CLIENT:
-                waits.append(mine[0] + FAIL_WINDOW_S - now)
-            every = self._recent(self._remote_fails, now)
-            if remote and len(every) >= FAILS_REMOTE:
-                waits.append(every[0] + FAIL_WINDOW_S - now)
-            return max(waits)
-
-    def failed(self, client: str = "", remote: bool = False) -> None:
-        """Count a wrong token from ``client`` (and, ``remote``, from the tunnel's side)."""
-        now = self._clock()
-        with self._lock:
-            mine = self._fails.pop(client, None) or deque()
-            mine.append(now)
-            self._fails[client] = mine  # the newest last: the dict's order is by last failure
-            while len(self._fails) > MAX_CLIENTS_TRACKED:
-                del self._fails[next(iter(self._fails))]
-            if remote:
-                self._remote_fails.append(now)
-                while len(self._remote_fails) > FAILS_REMOTE:
-                    self._remote_fails.popleft()
-
-    @staticmethod
-    def _recent(fails: deque[float] | None, now: float) -> deque[float] | None:
-        while fails and fails[0] <= now - FAIL_WINDOW_S:
-            fails.popleft()
-        return fails
-
-    def start(self) -> str:
-        """A new session; returns its id (the cookie's value)."""
-        sid = secrets.token_urlsafe(32)
-        now = self._clock()
-        with self._lock:
-            for key, expires in list(self._sessions.items()):
-                if expires <= now:
-                    del self._sessions[key]
-            self._sessions[_digest(sid)] = now + self.lifetime
-        return sid
-
-    def valid(self, sid: str | None) -> bool:
-        if not sid or len(sid) > 100:
-            return False
-        expires = self._sessions.get(_digest(sid))
-        return expires is not None and expires > self._clock()
-
-    def end(self, sid: str | None) -> None:
-        if sid:
-            with self._lock:
-                self._sessions.pop(_digest(sid), None)
 
 
 # ---- who is remote ---------------------------------------------------------------------------
@@ -758,7 +694,10 @@ def init_app(app: Flask) -> ViewerHub:
     config: EdgeConfig = app.config["HWR_CONFIG"]
     token = config.viewer_secret()
     hub = ViewerHub(config.max_viewers)
-    auth = ViewerAuth(token, config.viewer_session_minutes) if token else None
+    auth = None
+    if token:
+        sessions = config.data_dir / "viewer_sessions.json"  # a restart keeps teachers signed in
+        auth = ViewerAuth(token, config.viewer_session_minutes, path=sessions)
     app.extensions[EXTENSION] = {"hub": hub, "auth": auth}
     app.extensions[GATE] = RemoteGate(tunnel_configured=config.tunnel)
     app.before_request(check_remote)

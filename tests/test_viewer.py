@@ -53,6 +53,7 @@ class Mirror:
         self.waiting = True
         self.prediction = None
         self.correction = None
+        self.answer = None
         self.gaps = 0
 
     def apply(self, msg: dict) -> None:
@@ -61,6 +62,7 @@ class Mirror:
             self.strokes = [list(s) for s in msg["strokes"]]
             self.prediction, self.seq, self.waiting = msg["prediction"], msg["seq"], False
             self.correction = (msg["correction"] or {}).get("label")
+            self.answer = msg["answer"]
             return
         if self.waiting:
             return
@@ -84,6 +86,8 @@ class Mirror:
         self.seq = msg["seq"]
         if kind == "clear":
             self.strokes, self.prediction, self.correction = [], None, None
+            if msg.get("closed"):
+                self.answer = None
         elif kind == "stroke":
             while len(self.strokes) < msg["stroke"]:
                 self.strokes.append([])
@@ -93,7 +97,11 @@ class Mirror:
         elif kind == "prediction":
             self.prediction = msg
         elif kind == "corrected":
-            self.correction = msg["label"]
+            if msg["kind"] != "confirmation":
+                self.correction = msg["label"]
+            self.answer = {k: msg[k] for k in ("label", "kind", "predicted")}
+        elif kind == "withdrawn":
+            self.correction = self.answer = None
 
 
 def test_a_viewer_joins_with_a_snapshot_of_what_is_on_the_canvas():
@@ -165,6 +173,49 @@ def test_a_mirror_fed_every_event_ends_with_the_canvas(tmp_path):
     for msg in drain(hub, viewer):
         mirror.apply(msg)
     assert mirror.correction == "7"
+
+
+def test_a_saved_answer_outlives_the_clear_that_follows_it_until_taken_back():
+    """The page clears its drawing once an answer is saved: viewers keep the answer in view,
+    and one who joins after the clear is given it in the snapshot."""
+    hub = ViewerHub()
+    viewer = hub.join("s")
+    mirror = Mirror()
+    predict(hub, [DOWN])  # read as "1"
+    hub.publish(
+        "ws-a",
+        {"type": "correct", "id": "f" * 32, "label": "7"},
+        {"type": "corrected", "label": "7", "correction_id": "c1", "stored": True},
+    )
+    hub.publish("ws-a", {"type": "clear"}, {"type": "cleared"})
+    for msg in drain(hub, viewer):
+        mirror.apply(msg)
+    assert mirror.strokes == [] and mirror.correction is None
+    assert mirror.answer == {"label": "7", "kind": "correction", "predicted": "1"}
+    late = Mirror()
+    for msg in drain(hub, hub.join("t")):
+        late.apply(msg)
+    assert late.answer == mirror.answer
+    # a confirmation: "Right!" on the page, kept as right
+    predict(hub, [ACROSS])
+    hub.publish(
+        "ws-a",
+        {"type": "confirm", "id": "e" * 32, "label": "1"},
+        {"type": "confirmed", "label": "1", "correction_id": "c2", "stored": True},
+    )
+    hub.publish("ws-a", {"type": "clear"}, {"type": "cleared"})
+    for msg in drain(hub, viewer):
+        mirror.apply(msg)
+    assert mirror.answer == {"label": "1", "kind": "confirmation", "predicted": "1"}
+    assert mirror.correction is None
+    # taking back an older answer changes nothing; taking back the last one removes it
+    hub.publish("ws-a", {"type": "withdraw"}, {"type": "withdrawn", "correction_id": "c1"})
+    assert drain(hub, viewer) == []
+    hub.publish("ws-a", {"type": "withdraw"}, {"type": "withdrawn", "correction_id": "c2"})
+    for msg in drain(hub, viewer):
+        mirror.apply(msg)
+    assert mirror.answer is None and mirror.gaps == 0
+    assert hub.snapshot()["answer"] is None
 
 
 def test_a_repeated_drawing_finishes_its_last_stroke_and_a_dot_still_shows():
@@ -304,6 +355,25 @@ def test_the_viewer_token_is_checked_in_constant_time_and_sessions_expire():
     sid = auth.start()
     auth.end(sid)
     assert not auth.valid(sid)
+
+
+def test_sessions_outlive_a_restart_of_the_device_but_not_a_new_token(tmp_path):
+    path = tmp_path / "viewer_sessions.json"
+    now = [1000.0]
+    auth = ViewerAuth("a-long-viewer-token-1234", 60, clock=lambda: now[0], path=path)
+    kept, ended = auth.start(), auth.start()
+    auth.end(ended)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert kept not in path.read_text() and "a-long-viewer-token-1234" not in path.read_text()
+    again = ViewerAuth("a-long-viewer-token-1234", 60, clock=lambda: now[0], path=path)
+    assert again.valid(kept) and not again.valid(ended)
+    shorter = ViewerAuth("a-long-viewer-token-1234", 1, clock=lambda: now[0], path=path)
+    now[0] += 61  # the lifetime now set holds for sessions made under a longer one
+    assert not shorter.valid(kept) and again.valid(kept)
+    other = ViewerAuth("another-viewer-token-5678", 60, clock=lambda: now[0], path=path)
+    assert not other.valid(kept)
+    path.write_text("{not json")
+    assert not ViewerAuth("a-long-viewer-token-1234", 60, path=path).valid(kept)
 
 
 def test_failed_sign_ins_are_limited_per_client_and_never_shut_the_classroom_out():

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, draw_with_mouse
+from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, draw_with_mouse, free_port
 from tests.test_edge_process import Edge, edge_models
 from tests.test_tunnel_wiring import VIEWER_TOKEN, Agent, edge_config, wait_for
 
@@ -127,6 +127,45 @@ def test_strokes_drawn_on_the_device_appear_on_two_viewer_pages(device, browser)
         page.context.close()
     pupil.wait_for_selector("#watching", state="hidden")
     pupil_context.close()
+
+
+def test_the_pupils_answer_stays_in_view_and_a_restart_keeps_the_sign_in(browser, tmp_path):
+    """The page clears its drawing once an answer is saved: the viewer still shows the answer.
+    While the device restarts the viewer says it is not answering (not that the sign-in ended),
+    and the same sign-in watches again once the device is back."""
+    port = free_port()
+    env = {"HWR_EDGE_VIEWER_TOKEN": VIEWER_TOKEN}
+    edge = Edge(tmp_path / "data", "--port", str(port), env=env)
+    try:
+        viewer, _ = viewer_page(browser, f"127.0.0.1:{port}", VIEWER_TOKEN)
+        viewer.wait_for_selector("#conn[data-state='open']")
+        pupil_context = browser.new_context(viewport={"width": 800, "height": 480})
+        pupil = pupil_context.new_page()
+        pupil.set_default_timeout(SLOW_MS)
+        pupil.goto(edge.url)
+        pupil.wait_for_selector("#conn[data-state='open']")
+        draw_with_mouse(pupil, PLUS)
+        pupil.wait_for_selector("#result[data-final='true']")
+        guess = pupil.text_content("#pred-label")
+        label = "8" if guess == "0" else "0"
+        pupil.click(f"#keypad [data-label='{label}']")
+        pupil.wait_for_selector("#correction[data-state=ok]")
+        viewer.wait_for_selector("#answer:not([hidden])")
+        viewer.wait_for_function("window.hwrViewer.strokes.length === 0")  # the page cleared
+        assert viewer.text_content("#answer") == f"Last answer: corrected from {guess} to {label}"
+        pupil_context.close()
+
+        edge.stop()
+        viewer.wait_for_function(
+            "document.getElementById('conn').textContent.startsWith('Device not answering')"
+        )
+        assert viewer.is_hidden("#signin")
+        edge = Edge(tmp_path / "data", "--port", str(port), env=env)
+        viewer.wait_for_selector("#conn[data-state='open']")
+        assert viewer.is_hidden("#signin") and viewer.is_visible("#live")
+        viewer.context.close()
+    finally:
+        edge.stop()
 
 
 def test_a_viewer_with_a_wrong_token_gets_nothing(device, browser):

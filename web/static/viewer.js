@@ -32,12 +32,14 @@ async function postJson(path, body) {
   return { status: res.status, data };
 }
 
+/** Whether this browser's sign-in holds: true, false, or null when the device is not answering. */
 async function signedIn() {
   try {
     const res = await fetch("/viewer/session", { cache: "no-store", credentials: "same-origin" });
-    return res.ok && (await res.json()).signed_in === true;
+    if (!res.ok) return res.status >= 500 ? null : false;
+    return (await res.json()).signed_in === true;
   } catch {
-    return false;
+    return null;
   }
 }
 
@@ -49,6 +51,7 @@ class ViewerPage {
     this.mode = null;
     this.prediction = null;
     this.correction = null;
+    this.answer = null;
     this.closedCanvas = false;
     this.ws = null;
     this.attempt = 0;
@@ -66,8 +69,9 @@ class ViewerPage {
     });
     $("signout").addEventListener("click", () => this.signOut());
     new ResizeObserver(() => this.resize()).observe(this.canvas);
-    if (await signedIn()) this.watch();
-    else this.showSignIn("");
+    const state = await signedIn();
+    if (state) this.watch();
+    else this.showSignIn(state === null ? "The device is not answering: reload this page in a moment." : "");
   }
 
   // ---- signing in and out --------------------------------------------------------------
@@ -157,14 +161,18 @@ class ViewerPage {
     if (this.ws !== ws) return;
     this.ws = null;
     if (this.stopped) return;
-    if (e.code === SIGNED_OUT || !(await signedIn())) {
+    const state = e.code === SIGNED_OUT ? false : await signedIn();
+    if (this.stopped) return;
+    if (state === false) {
       this.reset();
       this.showSignIn("Your sign-in has ended: sign in again to watch.");
       return;
     }
     const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
     this.attempt += 1;
-    this.setConn("closed", `Reconnecting in ${Math.max(1, Math.round(delay / 1000))} s`);
+    const wait = `reconnecting in ${Math.max(1, Math.round(delay / 1000))} s`;
+    // Not answering (restarting, switched off, out of reach): keep the sign-in and try again.
+    this.setConn("closed", state === null ? `Device not answering: ${wait}` : wait[0].toUpperCase() + wait.slice(1));
     setTimeout(() => this.connect(), delay);
   }
 
@@ -182,6 +190,7 @@ class ViewerPage {
       this.mode = msg.mode || null;
       this.prediction = msg.prediction || null;
       this.correction = msg.correction ? msg.correction.label : null;
+      this.answer = msg.answer || null;
       this.closedCanvas = false;
       this.seq = msg.seq;
       this.waiting = false;
@@ -213,6 +222,7 @@ class ViewerPage {
       this.mode = msg.mode || null;
       this.prediction = null;
       this.correction = null;
+      if (msg.closed === true) this.answer = null; // the page left; a plain clear keeps it
       this.closedCanvas = msg.closed === true;
     } else if (msg.type === "stroke") {
       while (this.strokes.length < msg.stroke) this.strokes.push([]);
@@ -223,7 +233,11 @@ class ViewerPage {
       this.prediction = msg;
       if (msg.mode) this.mode = msg.mode;
     } else if (msg.type === "corrected") {
-      this.correction = msg.label;
+      if (msg.kind !== "confirmation") this.correction = msg.label;
+      this.answer = { label: msg.label, kind: msg.kind || "correction", predicted: msg.predicted ?? null };
+    } else if (msg.type === "withdrawn") {
+      this.correction = null;
+      this.answer = null;
     }
   }
 
@@ -238,6 +252,7 @@ class ViewerPage {
     this.strokes = [];
     this.prediction = null;
     this.correction = null;
+    this.answer = null;
     this.seq = null;
     this.waiting = true;
     this.renderSoon();
@@ -322,6 +337,17 @@ class ViewerPage {
     const c = $("correction");
     c.dataset.label = this.correction || "";
     c.textContent = this.correction ? `The pupil corrected it to ${this.correction}` : "";
+    // The page clears its drawing once an answer is saved: the answer stays in view.
+    const a = $("answer");
+    const answer = this.answer;
+    a.hidden = !answer || Boolean(this.correction);
+    a.dataset.kind = answer ? answer.kind : "";
+    a.dataset.label = answer ? answer.label : "";
+    if (!answer) a.textContent = "";
+    else if (answer.kind === "confirmation") a.textContent = `Last answer: ${answer.label}, the guess kept as right`;
+    else if (answer.predicted && answer.predicted !== answer.label)
+      a.textContent = `Last answer: corrected from ${answer.predicted} to ${answer.label}`;
+    else a.textContent = `Last answer: corrected to ${answer.label}`;
   }
 }
 
