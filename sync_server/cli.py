@@ -46,7 +46,7 @@ from hwrcore.gunicorn_app import ServedApp
 from hwrcore.serving import bind, die_with_parent, keep_private, url_of
 
 from .config import SyncConfig, load_config
-from .state import StartError, open_state
+from .state import StartError, make_private, open_state
 
 log = logging.getLogger("sync_server")
 
@@ -214,6 +214,13 @@ def serve(config: SyncConfig, config_file: Path | None = None) -> int:
     log.info("effective config: %s", config.to_dict())
     # Start-up failures are reported here, before binding: the database, the key, the queue.
     open_state(config).close()
+    mended = make_private(config.data_dir)
+    if mended:
+        log.warning(
+            "%s was readable by other users; now its user's alone (was: %s)",
+            config.data_dir,
+            ", ".join(mended),
+        )
     from .jobs import JobQueue
 
     JobQueue(config).close()
@@ -383,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if args.command in ("serve", "worker"):
+    if args.command in ("init", "serve", "worker"):
         keep_private()  # the other commands may be run by an admin for the server's user
     try:
         if args.command == "serve":

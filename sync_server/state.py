@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -62,6 +64,31 @@ class SyncState:
         self.engine.dispose()
 
 
+def make_private(data_dir: Path) -> list[str]:
+    """Take group and other access off the data directory and the files directly in it that
+    this user owns (the database holds every pupil's drawing); returns what was changed.
+
+    A school made before its folder was private, or by a command run with a looser umask, is
+    mended here when the server starts instead of staying readable by every local user."""
+    changed = []
+    me = os.geteuid()
+    paths = [data_dir]
+    try:
+        paths += sorted(p for p in data_dir.iterdir() if p.is_file() and not p.is_symlink())
+    except OSError:
+        return changed
+    for path in paths:
+        try:
+            st = path.lstat()
+            if st.st_uid != me or not st.st_mode & 0o077:
+                continue
+            path.chmod(stat.S_IMODE(st.st_mode) & 0o700)
+            changed.append(f"{path.name or path} {stat.S_IMODE(st.st_mode):04o}")
+        except OSError as exc:
+            log.warning("cannot make %s private: %s", path, exc)
+    return changed
+
+
 def open_state(config: SyncConfig, import_shipped: bool = True, create: bool = True) -> SyncState:
     """Data directory, signing key, migrated database and registry, for ``config``.
 
@@ -96,4 +123,4 @@ def open_state(config: SyncConfig, import_shipped: bool = True, create: bool = T
     return SyncState(config=config, engine=engine, key=key, registry=registry, admin_token=admin)
 
 
-__all__ = ["StartError", "SyncState", "open_state"]
+__all__ = ["StartError", "SyncState", "make_private", "open_state"]

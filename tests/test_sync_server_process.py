@@ -202,6 +202,31 @@ def test_the_servers_files_are_its_users_alone(server, tmp_path):
     assert (data / "sync.db").exists()
 
 
+def test_init_is_private_and_serve_mends_a_school_left_readable(tmp_path):
+    """The README's order (init, then serve) under a umask of 022 leaves nothing readable by
+    other users; a school whose files were left readable is mended when the server starts."""
+    data = tmp_path / "data"
+    old = os.umask(0o022)
+    try:
+        cli(data, "init")
+    finally:
+        os.umask(old)
+    made = [data, data / "sync.db", *data.glob("sync.db-*"), data / "signing_key.pem"]
+    for path in made:
+        assert path.stat().st_mode & 0o077 == 0, f"{path}: {oct(path.stat().st_mode)}"
+    data.chmod(0o755)
+    (data / "sync.db").chmod(0o644)
+    s = Server(data)
+    try:
+        assert data.stat().st_mode & 0o777 == 0o700
+        assert (data / "sync.db").stat().st_mode & 0o777 == 0o600
+    finally:
+        s.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert "was readable by other users; now its user's alone" in log
+    assert "sync.db 0644" in log
+
+
 def test_forwarded_headers_are_not_believed_without_proxy_hops(server):
     r = requests.get(
         server.url + "/admin/signin", headers={"X-Forwarded-Proto": "https"}, timeout=5
