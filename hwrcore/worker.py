@@ -11,7 +11,8 @@ both run it; the limits come from the app's ``HWR_CONFIG``. A client is cut off 
 * it sends nothing for ``request_timeout`` seconds after connecting (``keepalive`` between
   requests), or does not finish a request within ``request_timeout`` of its first byte (408);
 * its request line passes 4 KiB or its headers 64 KiB before they end (414, 431), or its body
-  passes ``max_body_bytes`` (413: a Content-Length over it, or a chunked body that grows past it);
+  passes ``max_body_bytes`` (413: a Content-Length over it, or a chunked body that grows past it;
+  the app's ``HWR_STREAMED_PATHS``, an admin's model upload, are read and bounded by the app);
 * its address already holds ``connections_per_client`` connections (503 ``busy``);
 * all connections together buffer more than BUFFER_BUDGET bytes (503 ``busy``).
 
@@ -69,8 +70,15 @@ def error_bytes(status: int, code: str, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
-def request_state(buf: bytes | bytearray, max_body: int) -> bool | Refusal:
-    """Whether ``buf`` holds a whole request (True), needs more (False), or must be refused."""
+def request_state(
+    buf: bytes | bytearray, max_body: int, streamed: frozenset[str] = frozenset()
+) -> bool | Refusal:
+    """Whether ``buf`` holds a whole request (True), needs more (False), or must be refused.
+
+    A request to one of the ``streamed`` paths goes to a thread once its headers are in: its
+    body (an admin's model upload, past ``max_body``) is read there, and the app decides on its
+    size, after it has checked who is asking.
+    """
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         end = buf.find(b"\n\n")  # bare LF: the parser decides what it makes of it
@@ -83,9 +91,14 @@ def request_state(buf: bytes | bytearray, max_body: int) -> bool | Refusal:
         return False
     if end > HEADER_LIMIT:
         return (431, "headers_too_large", "the request headers are larger than 64 KiB")
+    head = bytes(buf[:end]).split(b"\n")
+    if streamed:
+        target = head[0].split(b" ")[1] if head[0].count(b" ") >= 2 else b""
+        if target.split(b"?", 1)[0].decode("latin-1") in streamed:
+            return True
     length: int | None = None
     chunked = False
-    for line in bytes(buf[:end]).split(b"\n")[1:]:
+    for line in head[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
         if name == b"content-length":
@@ -208,6 +221,8 @@ class GuardedWorker(ThreadWorker):
     def run(self) -> None:
         config = getattr(self.wsgi, "config", {}).get("HWR_CONFIG")
         self.max_body = config.max_body_bytes if config else 1 << 20
+        # Paths whose bodies the app reads and bounds itself (HWR_STREAMED_PATHS): uploads.
+        self.streamed = frozenset(getattr(self.wsgi, "config", {}).get("HWR_STREAMED_PATHS", ()))
         self.request_timeout = config.request_timeout if config else 10.0
         self.per_client = config.connections_per_client if config else 64
         self.reading: dict[GuardedConn, None] = {}
@@ -272,7 +287,7 @@ class GuardedWorker(ThreadWorker):
             conn.deadline = time.monotonic() + self.request_timeout
         conn.buf += data
         self.buffered += len(data)
-        state = request_state(conn.buf, self.max_body)
+        state = request_state(conn.buf, self.max_body, self.streamed)
         if state is False:
             if self.buffered > BUFFER_BUDGET:
                 self._refuse(conn, (503, "busy", "the server is busy; try again in a moment"))

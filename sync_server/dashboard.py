@@ -48,6 +48,7 @@ from flask import (
 from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
 from PIL import Image
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from hwrcore.assets import web_dir
 from hwrcore.errors import HwrError
@@ -111,6 +112,16 @@ def _gate() -> Response | None:
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         auth.csrf.protect()
     return None
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(exc: RequestEntityTooLarge) -> Response:
+    """An upload past UPLOAD_BYTES: said on the page the form is on, not as a bare error."""
+    if request.endpoint == "admin.publish" and getattr(g, "admin", None) is not None:
+        return _back(
+            "admin.models", f"the upload is larger than {UPLOAD_BYTES / 2**20:g} MiB", "bad"
+        )
+    return error_response("too_large", "the request body is too large", 413)
 
 
 @bp.errorhandler(CSRFError)
@@ -535,6 +546,9 @@ def init_app(app: Flask) -> None:
     from . import device_admin  # noqa: F401  (its routes join the blueprint before it registers)
 
     auth.init_app(app, app.config["HWR_CONFIG"])
+    # A model upload is larger than the device API's bodies: the worker hands it to a thread once
+    # its headers are in, and the gate checks the session before any of it is read.
+    app.config["HWR_STREAMED_PATHS"] = ("/admin/models/publish",)
     app.register_blueprint(bp)
     app.add_template_filter(_fmt_time, "when")
     app.add_template_filter(_ago, "ago")

@@ -566,6 +566,24 @@ def test_publish_by_upload_then_roll_back(app, client, tmp_path: Path):
     assert "is the current release already" in client.get("/admin/models").text
 
 
+def test_an_upload_past_the_limit_is_said_on_the_models_page(app, client, monkeypatch):
+    from sync_server import dashboard
+
+    monkeypatch.setattr(dashboard, "UPLOAD_BYTES", 64 << 10)
+    token = signed_in(client)
+    r = client.post(
+        "/admin/models/publish",
+        data={
+            "csrf_token": token,
+            "manifest": (io.BytesIO(b"{}"), "m.json"),
+            "model": (io.BytesIO(b"\0" * (100 << 10)), "m.tflite"),
+        },
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 303 and r.headers["Location"] == "/admin/models"
+    assert "the upload is larger than 0.0625 MiB" in client.get("/admin/models").text
+
+
 def test_the_jobs_route_answers_json_for_the_live_page(client):
     signed_in(client)
     r = client.get("/admin/jobs.json")
