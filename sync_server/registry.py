@@ -347,14 +347,35 @@ class Registry:
             self._has_devices(group)
         now = self.current(name, group)
         if now is not None and now.version == version:
-            if group is None or self._aimed_at(name, now.sequence) == group:
-                who = f"group {group!r}" if group else "every device"
+            if group is None and self._everywhere(name, version):
                 raise RegistryError(
-                    f"{name} {version} is the current release for {who} already "
+                    f"{name} {version} is the current release for every device already "
+                    f"(sequence {now.sequence})",
+                    code="already_current",
+                )
+            if group is not None and self._aimed_at(name, now.sequence) == group:
+                raise RegistryError(
+                    f"{name} {version} is the current release for group {group!r} already "
                     f"(sequence {now.sequence})",
                     code="already_current",
                 )
         return self._release(name, version, by, group)
+
+    def _everywhere(self, name: str, version: str) -> bool:
+        """Whether ``version`` is what every device is told to serve: the release for all and,
+        for each group a release was aimed at, that group's current release too. A release for
+        every device comes after the groups' and so replaces them all."""
+        with reading(self.engine) as conn:
+            groups = conn.execute(
+                select(releases.c.target_group)
+                .where(releases.c.name == name, releases.c.target_group.is_not(None))
+                .distinct()
+            ).scalars()
+            groups = list(groups)
+        return all(
+            (c := self.current(name, g)) is not None and c.version == version
+            for g in [None, *groups]
+        )
 
     def _has_devices(self, group: str) -> None:
         """RegistryError unless an active device is in ``group``: a mistyped group would
@@ -396,7 +417,7 @@ class Registry:
                 code="unknown_version",
             )
         now = self.current(name)
-        if now is not None and now.version == version:
+        if now is not None and now.version == version and self._everywhere(name, version):
             raise RegistryError(
                 f"{name} {version} is the current release already (sequence {now.sequence})",
                 code="already_current",

@@ -471,6 +471,28 @@ def test_rollout_to_a_group_then_every_device(app, tmp_path):
     ]
 
 
+def test_every_device_gets_the_release_for_all_back_after_rollouts_to_its_groups(app, tmp_path):
+    """Published to all, then the older version rolled out to each group: nobody serves the
+    version for all, so neither a rollout to every device nor a rollback to it is "already"."""
+    s = st(app)
+    add_device(s.engine, "room-1", "year-3")
+    add_device(s.engine, "room-2", "year-4")
+    shipped, new = versions.digits(), versions.digits(1)
+    s.registry.publish(new_version(tmp_path, new), by="ms-head")
+    for group in ("year-3", "year-4"):
+        s.registry.rollout("digits", shipped, group, by="ms-head")
+    assert {s.registry.current("digits", g).version for g in ("year-3", "year-4")} == {shipped}
+    back = s.registry.rollout("digits", new, None, by="ms-head")
+    assert all(s.registry.current("digits", g).version == new for g in (None, "year-3", "year-4"))
+    with pytest.raises(RegistryError, match="for every device already"):
+        s.registry.rollout("digits", new, None, by="ms-head")
+    s.registry.rollout("digits", shipped, "year-3", by="ms-head")
+    again = s.registry.rollback("digits", new, by="ms-head")  # the CLI's way there
+    assert again.sequence > back.sequence and s.registry.current("digits", "year-3").version == new
+    with pytest.raises(RegistryError, match="is the current release already"):
+        s.registry.rollback("digits", new, by="ms-head")
+
+
 def test_admin_routes_need_the_token_and_answer_json(app, tmp_path):
     client = app.test_client()
     assert client.get("/api/v1/admin/quarantine").status_code == 401
