@@ -46,7 +46,7 @@ from hwrcore.gunicorn_app import ServedApp
 from hwrcore.serving import bind, die_with_parent, keep_private, url_of
 
 from .config import SyncConfig, load_config
-from .state import StartError, make_private, open_state
+from .state import StartError, hold_data_dir, make_private, open_state
 
 log = logging.getLogger("sync_server")
 
@@ -214,6 +214,7 @@ def serve(config: SyncConfig, config_file: Path | None = None) -> int:
     log.info("effective config: %s", config.to_dict())
     # Start-up failures are reported here, before binding: the database, the key, the queue.
     open_state(config).close()
+    hold_data_dir(config.data_dir)  # one server per school's folder, held until this one ends
     mended = make_private(config.data_dir)
     if mended:
         log.warning(

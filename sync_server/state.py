@@ -8,6 +8,7 @@ the other commands need one there.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import stat
@@ -89,6 +90,26 @@ def make_private(data_dir: Path) -> list[str]:
     return changed
 
 
+def hold_data_dir(data_dir: Path) -> int:
+    """Lock ``data_dir`` for one serving process (``server.lock``, flock); returns the open file,
+    held until the process ends. A second ``serve`` on the same folder would run a second job
+    worker on the same queue and answer for the same school: it is refused instead."""
+    path = data_dir / "server.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        held = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StartError(
+            f"another hwr-sync-server serves {data_dir} already (pid {held}); stop it first, "
+            "or give this one another --data-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def open_state(config: SyncConfig, import_shipped: bool = True, create: bool = True) -> SyncState:
     """Data directory, signing key, migrated database and registry, for ``config``.
 
@@ -123,4 +144,4 @@ def open_state(config: SyncConfig, import_shipped: bool = True, create: bool = T
     return SyncState(config=config, engine=engine, key=key, registry=registry, admin_token=admin)
 
 
-__all__ = ["StartError", "SyncState", "make_private", "open_state"]
+__all__ = ["StartError", "SyncState", "hold_data_dir", "make_private", "open_state"]

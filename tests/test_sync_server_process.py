@@ -227,6 +227,16 @@ def test_init_is_private_and_serve_mends_a_school_left_readable(tmp_path):
     assert "sync.db 0644" in log
 
 
+def test_a_second_server_on_the_same_folder_is_refused(server, tmp_path):
+    data = tmp_path / "data"
+    second = cli(data, "serve", "--port", "0", check=False)
+    assert second.returncode == 2 and "serving" not in second.stdout
+    last = second.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"hwr-sync-server: another hwr-sync-server serves {data} already (pid ")
+    assert f"(pid {server.proc.pid})" in last
+    assert requests.get(server.url + "/api/v1/models", timeout=5).status_code == 401  # still up
+
+
 def test_forwarded_headers_are_not_believed_without_proxy_hops(server):
     r = requests.get(
         server.url + "/admin/signin", headers={"X-Forwarded-Proto": "https"}, timeout=5
