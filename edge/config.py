@@ -17,6 +17,7 @@ from hwrcore import assets
 from hwrcore.settings import (
     ConfigError,
     Layers,
+    read_secret_file,
     require_at_least,
     require_common,
     require_positive,
@@ -170,31 +171,14 @@ class EdgeConfig:
         if self.sync_token:
             return self.sync_token.strip()
         if self.sync_token_file:
-            p = Path(self.sync_token_file).expanduser()
-            try:
-                token = p.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"sync_token_file {p} cannot be read: {exc.strerror or exc}"
-                ) from None
-            if token:
-                return token
-            raise ConfigError(f"sync_token_file {p} is empty")
+            return read_secret_file(self.sync_token_file, "sync_token_file")
         raise ConfigError("sync_url is set but no device token: set sync_token or sync_token_file")
 
     def viewer_secret(self) -> str:
         """The viewer token ('' when none is set: the viewer is then off); ConfigError if too short."""
         token = self.viewer_token.strip()
         if not token and self.viewer_token_file:
-            p = Path(self.viewer_token_file).expanduser()
-            try:
-                token = p.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"viewer_token_file {p} cannot be read: {exc.strerror or exc}"
-                ) from None
-            if not token:
-                raise ConfigError(f"viewer_token_file {p} is empty")
+            token = read_secret_file(self.viewer_token_file, "viewer_token_file")
         if token and len(token) < MIN_VIEWER_TOKEN_CHARS:
             raise ConfigError(
                 f"the viewer token must be at least {MIN_VIEWER_TOKEN_CHARS} characters "

@@ -11,6 +11,7 @@ file or the environment, never from a flag (a command line is visible to every u
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import fields
@@ -37,6 +38,26 @@ class ConfigError(HwrError):
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def read_secret_file(path: str | os.PathLike, setting: str) -> str:
+    """The secret in the file a ``*_token_file`` setting names, stripped; ConfigError when it
+    cannot be read, is empty, or other users may read it (its group may: a service's group)."""
+    p = Path(path).expanduser()
+    try:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        text = p.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"{setting} {p} cannot be read: {reason}") from None
+    if mode & 0o007:
+        raise ConfigError(
+            f"{setting} {p} has mode {mode:04o}: every user of this machine can read the "
+            f"token; chmod 600 {p}"
+        )
+    if not text:
+        raise ConfigError(f"{setting} {p} is empty")
+    return text
 
 
 def require_at_least(settings: object, low: int, *names: str) -> None:

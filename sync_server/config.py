@@ -19,6 +19,7 @@ from hwrcore import assets
 from hwrcore.settings import (
     ConfigError,
     Layers,
+    read_secret_file,
     require_at_least,
     require_common,
     require_positive,
@@ -122,6 +123,8 @@ class SyncConfig:
     def validate(self) -> None:
         """Reject values the server cannot run with, naming the setting."""
         require_common(self.port, self.log_level)
+        if self.admin_token and self.admin_token_file:
+            raise ConfigError("set admin_token or admin_token_file, not both")
         if not 0 <= self.proxy_hops <= 5:
             raise ConfigError(f"proxy_hops must be 0-5, got {self.proxy_hops}")
         require_at_least(
@@ -190,13 +193,7 @@ class SyncConfig:
         if self.admin_token:
             token = self.admin_token.strip()
         elif self.admin_token_file:
-            p = Path(self.admin_token_file).expanduser()
-            try:
-                token = p.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"admin_token_file {p} cannot be read: {exc.strerror or exc}"
-                ) from None
+            token = read_secret_file(self.admin_token_file, "admin_token_file")
         if token and len(token) < MIN_ADMIN_TOKEN_CHARS:
             raise ConfigError(
                 f"the admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters (it opens "

@@ -648,11 +648,17 @@ def test_a_missing_token_is_a_config_error(tmp_path, stores):
         SyncClient(config, stores, lambda: SERVED)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o644)
     config = EdgeConfig(
         data_dir=tmp_path, sync_url="http://127.0.0.1:9/", sync_token_file=str(token_file)
     )
+    with pytest.raises(ConfigError, match=r"mode 0644: every user .* chmod 600"):
+        SyncClient(config, stores, lambda: SERVED)
+    token_file.chmod(0o640)  # its group may read it: the service's group
     client = SyncClient(config, stores, lambda: SERVED)
     assert client.status()["server"] == "http://127.0.0.1:9"
+    with pytest.raises(ConfigError, match="not both"):
+        EdgeConfig(data_dir=tmp_path, sync_token="t" * 20, sync_token_file=str(token_file))
 
 
 def test_the_edge_refuses_to_start_with_a_sync_url_and_no_token(tmp_path):

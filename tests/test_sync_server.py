@@ -504,9 +504,17 @@ def test_config_layers_refuse_unknown_keys_and_mask_secrets(tmp_path):
     assert pg.to_dict()["database_url"] == "postgresql+psycopg://u:***@h/db"
     token_file = tmp_path / "admin.token"
     token_file.write_text("from-a-file-0123456789\n")
+    token_file.chmod(0o604)
+    with pytest.raises(ConfigError, match=r"mode 0604: every user .* chmod 600"):
+        load_config(env={"HWR_SYNC_ADMIN_TOKEN_FILE": str(token_file)}).admin_secret()
+    token_file.chmod(0o600)
     assert load_config(env={"HWR_SYNC_ADMIN_TOKEN_FILE": str(token_file)}).admin_secret() == (
         "from-a-file-0123456789"
     )
+    with pytest.raises(ConfigError, match="set admin_token or admin_token_file, not both"):
+        load_config(
+            env={"HWR_SYNC_ADMIN_TOKEN_FILE": str(token_file), "HWR_SYNC_ADMIN_TOKEN": "a" * 20}
+        )
     toml.write_text("prot = 1\n")
     with pytest.raises(ConfigError, match="unknown setting 'prot'"):
         load_config(toml, env={})
