@@ -77,6 +77,8 @@ if TYPE_CHECKING:
     from .messages import Context
 
 log = logging.getLogger(__name__)
+# What a check may find for a mode when nothing went wrong.
+CHECK_OK = frozenset({"current", "trusted", "installed", "not_modified"})
 
 PROBE_CORRECTIONS = 4  # stored corrections a new model is run on before it serves
 MAX_LIST_BYTES = 1 << 20  # largest /api/v1/models answer read
@@ -224,6 +226,8 @@ class ModelUpdater:
             result = "unreachable"
         elif any(v == "unauthorized" for v in outcomes.values()):
             result = "unauthorized"  # the server answers, but not to this device's token
+        elif any(v not in CHECK_OK for v in outcomes.values()):
+            result = "failed"  # a release refused, or the list not read (the modes say why)
         with self._lock:
             self._last_check = {"at": time.time(), "result": result, "modes": outcomes}
         if result == "unreachable":

@@ -378,6 +378,12 @@ class SyncClient:
         try:
             answer = self._post(HEARTBEAT_PATH, json.dumps(body).encode("utf-8"))
         except SyncError as exc:
+            if exc.status == 404:  # not a sync server there: a sync_url with a wrong path?
+                raise SyncError(
+                    f"{self.server} answered 404 to {HEARTBEAT_PATH}: is sync_url the address "
+                    "of the school's server (its port, and no path)?",
+                    status=404,
+                ) from None
             if exc.status is None or exc.status >= 500 or exc.status in (401, 403, 429):
                 raise
             # The server answers but not this route: uploads still go; said in status.

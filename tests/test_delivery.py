@@ -375,6 +375,7 @@ def test_a_bad_release_is_refused_and_the_old_model_keeps_serving(config, server
         before = predict(ctx)
         outcome = ctx.delivery.check_now()
         assert outcome == {"digit": code}
+        assert health(ctx)["delivery"]["last_check"]["result"] == "failed"  # not "ok"
         assert version_of(ctx) == versions.digits() and ctx.model_changed_at is None
         after = predict(ctx)
         assert after["model"] == before["model"] and after["label"] == before["label"]

@@ -578,6 +578,18 @@ def test_a_wrong_token_is_shown_and_the_token_never_appears_in_status_or_logs(
 
 
 # -- heartbeat, wake, stop ----------------------------------------------------------------------
+def test_a_sync_url_with_a_wrong_path_is_offline_and_says_so(tmp_path, server, stores):
+    """A server that answers 404 to the heartbeat is not the sync server (a URL with /admin/):
+    the device is offline with a hint, not "online" with nothing uploaded."""
+    stores["digit"].add(correction(1))
+    client = make_client(tmp_path, server.url + "/admin", stores)
+    delay = client.step()
+    status = client.status()
+    assert status["state"] == "offline" and delay > 0
+    assert "answered 404 to /api/v1/heartbeat: is sync_url the address" in status["last_error"]
+    assert server.stored == {}
+
+
 def test_heartbeats_report_what_is_served_and_hand_the_answer_to_on_models(
     tmp_path, server, stores
 ):
