@@ -560,7 +560,7 @@ GEOMETRY = """() => {
                    'keypad', 'watching', 'remote'].map(id => box(document.getElementById(id))),
         footerTop: document.querySelector('footer').getBoundingClientRect().top,
         // Statuses whose text is cut short (an ellipsis) although a pupil must read them.
-        clipped: ['conn', 'pending', 'keypad-title', 'pred-hint'].filter(id => {
+        clipped: ['conn', 'pending', 'keypad-title', 'pred-hint', 'undo-save'].filter(id => {
             const e = document.getElementById(id); return e.scrollWidth > e.clientWidth + 1; }),
         canvas: box(c), store: [c.width, c.height], dpr: devicePixelRatio,
         touchAction: getComputedStyle(c).touchAction,
@@ -591,7 +591,10 @@ def test_every_target_and_status_fits_on_one_screen(
                 """() => { hwrApp.showCorrection('error', 'Not saved: ' + 'the app is offline. '
                     .repeat(4)); document.getElementById('conn').textContent =
                     'Reconnecting in 5 s'; hwrApp.showWatching(2); hwrApp.showRemote(
-                    {state: 'open', viewer_url: 'https://a-long-name.ngrok-free.app/viewer'}); }"""
+                    {state: 'open', viewer_url: 'https://a-long-name.ngrok-free.app/viewer'});
+                    hwrApp.offerUndo({id: 'x', kind: 'correction', mode: hwrApp.mode,
+                    label: 'W', strokes: []}); document.getElementById('undo-left')
+                    .textContent = '(10)'; }"""
             )
             page.screenshot(path=str(SHOTS / f"canvas-{name}-{mode}.png"))
             seen[mode] = page.evaluate(GEOMETRY)

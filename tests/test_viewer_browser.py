@@ -95,7 +95,7 @@ def test_strokes_drawn_on_the_device_appear_on_two_viewer_pages(device, browser)
     pupil.goto(edge.url)
     pupil.wait_for_selector("#conn[data-state='open']")
     pupil.wait_for_selector("#watching:not([hidden])")  # the pupil sees that someone watches
-    assert "2 teachers are watching" in pupil.text_content("#watching")
+    assert "2 teachers watching" in pupil.text_content("#watching")
 
     draw_with_mouse(pupil, PLUS)
     # the final answer for the whole drawing: a live guess for its first stroke may be shown

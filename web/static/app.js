@@ -33,7 +33,7 @@ const MODEL_NAMES = { digit: "Digits", char: "Letters" };
 const LIVE_MIN_EXTENT = 12;
 // Errors that only mean "not enough ink yet", not that something is wrong.
 const QUIET_ERRORS = new Set(["empty_drawing", "drawing_too_small"]);
-const OFFLINE = "the app is offline. Tap again when it says Live.";
+const OFFLINE = "offline. Tap again when it says Live.";
 // What a pupil reads for errors whose own message is meant for a developer.
 const PUPIL_WORDS = {
   timeout: "No answer yet: the app is busy or restarting. It tries again by itself.",
@@ -397,7 +397,7 @@ class App {
     $("undo-save").hidden = !offer;
     const noun = NOUN[this.mode];
     const guess = this.prediction ? `Not ${this.prediction.label}?` : "Wrong guess?";
-    $("keypad-title").textContent = `${guess} Tap the right ${noun} to teach it`;
+    $("keypad-title").textContent = `${guess} Tap the right ${noun}`;
     if (this.prediction) right.setAttribute("aria-label", `Right: it is ${spoken(this.prediction.label)}`);
     else right.setAttribute("aria-label", "Right: the guess is what I wrote");
   }
@@ -577,7 +577,7 @@ class App {
       this.describeCanvas();
       this.predict(true);
     }
-    this.showCorrection("undone", `Undone: ${record.label} was not kept. Tap the right answer.`);
+    this.showCorrection("undone", `Undone: ${record.label} not kept. Tap the right one.`);
   }
 
   /** Take back a saved answer (by the pupil's Undo or a teacher); returns whether it worked. */
@@ -723,6 +723,7 @@ class App {
   showConnection(state, detail, changed) {
     const el = $("conn");
     el.dataset.state = state;
+    if (state !== "open") this.showWatching(0); // nobody watches an app that is down; health says again
     clearInterval(this.countdown);
     this.countdown = null;
     if (state === "open") {
@@ -800,13 +801,23 @@ class App {
     const el = $("watching");
     el.hidden = n <= 0;
     el.dataset.count = String(n);
-    el.textContent = n === 1 ? "A teacher is watching" : `${n} teachers are watching`;
+    el.textContent = n === 1 ? "Teacher watching" : `${n} teachers watching`;
+    el.title = n === 1 ? "A teacher is watching this canvas." : `${n} teachers are watching this canvas.`;
   }
 
   /** The viewer's public link while an ngrok tunnel is open, for the teacher. */
   showRemote(tunnel) {
     const el = $("remote");
-    const url = tunnel && tunnel.state === "open" ? tunnel.viewer_url : null;
+    const state = tunnel ? tunnel.state : "off";
+    const url = state === "open" ? tunnel.viewer_url : null;
+    el.dataset.state = state;
+    if (state === "failed") {
+      // Asked for and not opened (offline, a refused token): the teacher sees why here.
+      el.hidden = false;
+      el.textContent = "Remote viewing: not open";
+      el.title = `The tunnel for watching this canvas remotely did not open: ${tunnel.error || "see the log"}.`;
+      return;
+    }
     el.hidden = !url;
     el.textContent = url ? `Watch remotely: ${url}` : "";
     el.title = url ? "Open this link elsewhere and sign in with the viewer token." : "";
@@ -818,7 +829,7 @@ class App {
     const state = sync && typeof sync.state === "string" ? sync.state : "unknown";
     el.dataset.state = state;
     if (state === "off") {
-      el.textContent = "School server: none set up";
+      el.textContent = "No school server";
       el.title = "This device keeps its corrections; none are sent anywhere.";
       return;
     }
