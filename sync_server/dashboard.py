@@ -336,15 +336,17 @@ def models() -> str:
         by_name.setdefault(v["name"], []).append(v)
     current = {c.name: c for c in st.registry.current_all().values()}
     charts: dict[str, Markup] = {}
+    chart_tests: dict[str, str] = {}
     matrices: dict[tuple[str, str], Markup] = {}
     for name, vs in by_name.items():
         recall_of = {v["version"]: v["per_class_recall"] for v in vs}
-        for v in vs:  # shaded against its parent, as the gate compares them
-            v["parent_recall"] = recall_of.get(v["parent"] or "", {})
-        oldest_first = list(reversed(vs))
-        charts[name] = plots.dots(
-            [(v["version"], v["accuracy"]) for v in oldest_first], f"{name}: test accuracy"
-        )
+        for v in vs:  # shaded against its parent as the gate compared them: on the same test
+            same = v.get("parent_same_test")
+            v["parent_recall"] = (
+                same["per_class_recall"] if same else recall_of.get(v["parent"] or "", {})
+            )
+        charts[name], chart_test = _accuracy_chart(name, vs)
+        chart_tests[name] = chart_test
         for v in vs:
             if v.get("confusion"):
                 labels = v["confusion"]["labels"]
@@ -357,12 +359,30 @@ def models() -> str:
         by_name=by_name,
         current=current,
         charts=charts,
+        chart_tests=chart_tests,
         matrices=matrices,
         labels={name: _labels_of(vs) for name, vs in by_name.items()},
         releases=stats.release_history(st.engine),
         rollout_available=learning.can_rollout(st),
         groups=groups,
     )
+
+
+def _accuracy_chart(name: str, versions: list[dict]) -> tuple[Markup, str]:
+    """Test accuracy by version, every point on one test: the newest version's. A parent
+    measured otherwise (a shipped manifest's figure) is drawn as its child's job measured it."""
+    if not versions:
+        return plots.dots([], f"{name}: test accuracy"), ""
+    test = versions[0].get("measured_on") or ""
+    points: dict[str, float] = {}
+    for v in reversed(versions):  # oldest first
+        if (v.get("measured_on") or "") == test and v.get("accuracy") is not None:
+            points[v["version"]] = v["accuracy"]
+        same = v.get("parent_same_test")
+        if same and (v.get("measured_on") or "") == test and v["parent"] not in points:
+            points[v["parent"]] = same["accuracy"]
+    order = [v["version"] for v in reversed(versions) if v["version"] in points]
+    return plots.dots([(ver, points[ver]) for ver in order], f"{name}: test accuracy"), test
 
 
 def _labels_of(versions: list[dict]) -> list[str]:

@@ -95,8 +95,10 @@ def versions(st: SyncState) -> list[dict[str, Any]]:
     Each: name, version, mode, current, groups (where it is current beyond every device),
     rollouts, accuracy, measured_on, per_class_recall, confusion ({labels, matrix} or None),
     heldout (accuracy on held-out corrections or None), gate ({passed, reason, checks} or
-    None), parent, published_by, created, snapshot, job_id. Figures a retraining job recorded
-    come first; a version without them (a shipped one) shows its manifest's.
+    None), parent, parent_same_test ({accuracy, per_class_recall} of the parent as the job that
+    made this version measured it, on this version's test; or None), published_by, created,
+    snapshot, job_id. Figures a retraining job recorded come first; a version without them (a
+    shipped one) shows its manifest's, which may come from another test.
     """
     base = stats.model_versions(st.engine, st.registry)
     fn = getattr(st.registry, "versions", None)
@@ -120,6 +122,19 @@ def versions(st: SyncState) -> list[dict[str, Any]]:
         v["confusion"] = (
             {"labels": labels, "matrix": matrix}
             if isinstance(matrix, list) and len(matrix) == len(labels)
+            else None
+        )
+        # The parent measured by the same job, on the same test: what this version is compared
+        # with (its own figure may come from another test, as a shipped manifest's does).
+        pb = (metrics.get("parent") or {}).get("base") or {}
+        v["parent_same_test"] = (
+            {
+                "accuracy": float(pb["accuracy"]),
+                "per_class_recall": {
+                    str(k): float(x) for k, x in (pb.get("per_class_recall") or {}).items()
+                },
+            }
+            if isinstance(pb.get("accuracy"), (int, float))
             else None
         )
         held = metrics.get("heldout") or {}

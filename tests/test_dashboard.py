@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hwrcore.labels import LABEL_SETS
 from sync_server import auth, plots
 from sync_server.app import close_app, create_app
 from sync_server.config import load_config
@@ -661,6 +662,45 @@ def test_models_page_shows_a_retrained_versions_figures_side_by_side(app, client
     assert (
         f"{versions.digits(2)}: confusion matrix" in section
         and "true 4, predicted 9: 5 (5.0%)" in section
+    )
+
+
+def test_a_retrained_version_is_compared_with_its_parent_on_the_same_test(app, client, tmp_path):
+    """The shipped letters model's manifest gives its figure on the test split as it is; the
+    school's retrain measures parent and child on the relabelled copy. The page compares the two
+    as the job measured them, never a figure of one test against a figure of another."""
+    registry = app.extensions["hwr_sync"].registry
+    shipped = versions.characters()
+    test = "EMNIST ByMerge letters test, relabelled copy"
+    recall = {label: 0.9 for label in LABEL_SETS["char"].labels}
+    registry.publish(
+        new_version(tmp_path / "m", versions.characters(1), name="characters"),
+        by="job 3",
+        metrics={
+            "base": {"accuracy": 0.9469, "per_class_recall": recall, "measured_on": test},
+            "parent": {
+                "base": {
+                    "accuracy": 0.9482,
+                    "per_class_recall": {**recall, "F": 0.95},
+                    "measured_on": test,
+                }
+            },
+        },
+        job_id=3,
+    )
+    signed_in(client)
+    page = client.get("/admin/models").text
+    section = re.search(r'id="model-characters">(.*?)</section>', page, re.S).group(1)
+    cell = re.search(r'<td class="num parent-same">([^<]*)<span class="hint">([^<]*)', section)
+    assert cell.group(1).strip() == f"{shipped}: 94.82%" and cell.group(2) == "(-0.13 points)"
+    chart = re.search(r"<svg.*?</svg>", section, re.S).group(0)
+    titles = re.findall(r"<title>([^<]*)</title>", chart)
+    assert f"{shipped}: 94.82%" in titles and f"{versions.characters(1)}: 94.69%" in titles
+    assert not any(versions.shown_accuracy("characters") in t for t in titles)  # another test
+    assert f"each on {test}" in section
+    # F's recall is shaded against the parent's on the same test (0.95): it fell, shown red
+    assert re.search(
+        r'data-label="F"><th scope="row">F</th>\s*<td class="num" data-kind="bad">', section
     )
 
 
