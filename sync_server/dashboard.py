@@ -400,6 +400,7 @@ def jobs() -> str:
         jobs=learning.jobs(st),
         jobs_available=learning.can_retrain(st),
         model_names=names,
+        chosen=request.args.get("name", ""),  # the model of the last retrain asked for
     )
 
 
@@ -530,7 +531,7 @@ def retrain() -> Response:
     def run() -> str:
         return learning.retrain(state(), name, _who())
 
-    return _action("admin.jobs", run)
+    return _action("admin.jobs", run, name=name[:100])
 
 
 # ---- registration ---------------------------------------------------------------------------

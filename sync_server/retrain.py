@@ -121,8 +121,20 @@ def gate(
         }
     )
     failed = [c for c in checks if not c["passed"]]
-    reason = "; ".join(f"{c['check']}: {c['detail']}" for c in failed) if failed else None
+    reason = "; ".join(_why(c) for c in failed) if failed else None
     return {"passed": not failed, "checks": checks, "reason": reason}
+
+
+def _why(check: dict[str, Any]) -> str:
+    """A refused check in words, with the limit it passed (what an admin reads on Jobs)."""
+    if check["check"] == "base_accuracy":
+        return (
+            f"{check['detail']}: down {-check['value'] * 100:.2f} points, where at most "
+            f"{-check['limit'] * 100:.2f} may be lost"
+        )
+    if check["check"] == "class_recall":
+        return f"{check['detail']}, where at most {-check['limit']:.1%} may be lost"
+    return f"held-out corrections must be read better: {check['detail']}"
 
 
 def _heldout_detail(ph: dict, nh: dict) -> str:

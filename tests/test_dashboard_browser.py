@@ -315,6 +315,7 @@ def test_a_retrain_job_shows_live_progress(page, school):
     p.select_option("#retrain-name", "digits")
     p.click("#retrain")
     assert "Retraining digits" in p.locator(".flash").inner_text()
+    assert p.input_value("#retrain-name") == "digits"  # not back on the first model listed
     row = p.locator("#jobs tbody tr[data-job]").first
     job_id = int(row.get_attribute("data-job"))
     assert row.locator(".status").inner_text() == "queued"
@@ -336,6 +337,8 @@ def test_a_retrain_job_shows_live_progress(page, school):
         jobs.finish(st.engine, job_id, "refused", "held-out accuracy did not rise")
         wait_for(lambda: row.locator(".status").inner_text() == "refused", 30, "the job's end")
         assert "did not rise" in row.locator(".result").inner_text()
+        wait_for(lambda: row.locator(".stage").inner_text() == "stopped at the gate", 30, "words")
+        assert row.locator("progress").is_hidden()  # an ended job has no bar stuck part-way
     finally:
         st.close()
 

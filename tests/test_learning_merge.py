@@ -185,11 +185,12 @@ def test_the_gate_refuses_each_kind_of_regression_with_its_reason():
     parent = m(0.990, {"0": 0.99, "1": 0.99}, 0.60)
     assert gate(parent, m(0.989, {"0": 0.98, "1": 0.99}, 0.70), 0.002, 0.03)["passed"]
     worse = gate(parent, m(0.987, {"0": 0.99, "1": 0.99}, 0.70), 0.002, 0.03)
-    assert not worse["passed"] and worse["reason"].startswith("base_accuracy")
+    assert not worse["passed"] and worse["reason"].startswith("base test accuracy ")
+    assert "points, where at most 0.20 may be lost" in worse["reason"]
     recall = gate(parent, m(0.990, {"0": 0.95, "1": 0.99}, 0.70), 0.002, 0.03)
     assert not recall["passed"] and "'0' by 4.0%" in recall["reason"]
     flat = gate(parent, m(0.990, {"0": 0.99, "1": 0.99}, 0.60), 0.002, 0.03)
-    assert not flat["passed"] and flat["reason"].startswith("heldout_accuracy")
+    assert not flat["passed"] and flat["reason"].startswith("held-out corrections must be read")
     perfect = m(0.990, {"0": 0.99, "1": 0.99}, 1.0)
     told = gate(perfect, perfect, 0.002, 0.03)  # nothing left to do better on
     assert not told["passed"] and "already reads every held-out correction" in told["reason"]

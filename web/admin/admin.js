@@ -51,10 +51,17 @@ function showJob(row, job) {
   pill.textContent = job.status;
   pill.dataset.status = job.status;
   const percent = Math.max(0, Math.min(100, Number(job.percent) || 0));
-  row.querySelector("progress").value = percent;
+  const bar = row.querySelector("progress");
+  bar.value = percent;
+  // A job that ended keeps no progress bar: where it stopped, in words.
+  const ended = { published: "done", refused: "stopped at the gate", failed: "failed" };
+  bar.hidden = job.status in ended;
   let stage = job.stage || "";
   if (job.epoch) stage += ` · epoch ${job.epoch}/${job.epochs}`;
-  row.querySelector(".stage").textContent = `${stage} · ${Math.round(percent)}%`;
+  if (job.status === "failed" && job.stage) stage = `failed while ${job.stage}`;
+  else if (job.status in ended) stage = ended[job.status];
+  else stage = `${stage} · ${Math.round(percent)}%`;
+  row.querySelector(".stage").textContent = stage;
   row.querySelector(".result").textContent = `${job.version || ""} ${job.reason || ""}`.trim();
 }
 
