@@ -27,7 +27,7 @@ def create_app(config: SyncConfig | None = None) -> Flask:
     """The sync server on ``config`` (defaults and HWR_SYNC_* variables when None)."""
     if config is None:
         config = load_config()
-    log.info("effective config: %s", config.to_dict())
+    log.debug("effective config: %s", config.to_dict())  # serve logs it once, at INFO
     st = open_state(config)
     try:
         st.limiter = RateLimiter(config.rate_per_second, config.rate_burst)

@@ -213,7 +213,13 @@ def serve(config: SyncConfig, config_file: Path | None = None) -> int:
         check_tunnel(config)  # TunnelRefused: no admin token or no ngrok token, exit 2
     log.info("effective config: %s", config.to_dict())
     # Start-up failures are reported here, before binding: the database, the key, the queue.
-    open_state(config).close()
+    st = open_state(config)
+    if not st.admin_token:
+        log.warning(
+            "no admin token is set: the dashboard and the admin API refuse everyone; set "
+            "HWR_SYNC_ADMIN_TOKEN or admin_token_file (make one with: openssl rand -hex 16)"
+        )
+    st.close()
     hold_data_dir(config.data_dir)  # one server per school's folder, held until this one ends
     mended = make_private(config.data_dir)
     if mended:

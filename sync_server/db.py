@@ -289,10 +289,11 @@ def writing(engine: Engine) -> Iterator[Connection]:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision (idempotent; retried once on a race)."""
+    # Set before the import, which already logs its plugins at INFO: not lines per start.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from alembic import command
     from alembic.config import Config
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # not a line per start at INFO
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     for attempt in (1, 2):
