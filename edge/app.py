@@ -160,6 +160,8 @@ def _start_sync(config: EdgeConfig, ctx: Context) -> None:
     )
     # The viewer's public link in each heartbeat ('' without a tunnel: the dashboard drops it).
     ctx.sync.tunnel_url = lambda: ctx.tunnel.viewer_url() if ctx.tunnel is not None else ""
+    if delivery is not None:  # its notify socket opening again means the server is back
+        delivery.on_server_back = ctx.sync.retry_now
     ctx.sync.start()
 
 

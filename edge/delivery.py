@@ -31,6 +31,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,6 +135,8 @@ class ModelUpdater:
         self.poll_interval = poll_interval
         self._session = requests.Session()
         self._etag: str | None = None
+        # Called when the notify socket opens again (the server is back): set by the app.
+        self.on_server_back: Callable[[], None] | None = None
         self._check_lock = threading.Lock()  # one check at a time
         self._lock = threading.Lock()  # guards what status() reads
         self._refusals: collections.deque[dict[str, Any]] = collections.deque(
@@ -640,6 +643,11 @@ class ModelUpdater:
             self._notify = "connected"
         log.info("model delivery: notify socket open")
         self._wake.set()  # catch up on what was published while it was closed
+        if self.on_server_back is not None:
+            try:
+                self.on_server_back()  # the sync client sends what waited, now
+            except Exception:
+                log.exception("model delivery: on_server_back failed")
         return ws
 
     def _listen(self, ws: Any) -> None:

@@ -219,6 +219,7 @@ class SyncClient:
         )
         self._lock = threading.Lock()  # guards what status() reads
         self._wake = threading.Event()
+        self._retry = False  # set by retry_now: the next wake ends a backoff's wait too
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._state = "offline"  # until the server has answered once
@@ -265,6 +266,12 @@ class SyncClient:
         """Run the next round now instead of at the end of the wait (no effect while backing off)."""
         self._wake.set()
 
+    def retry_now(self) -> None:
+        """The server is back (its notify socket opened again): end a backoff's wait now, so
+        corrections kept while it was down go within a second, not at the end of the backoff."""
+        self._retry = True
+        self._wake.set()
+
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -285,7 +292,8 @@ class SyncClient:
                 return
             if self._wake.wait(remaining):
                 self._wake.clear()
-                if interruptible:
+                if interruptible or self._retry:
+                    self._retry = False
                     return
 
     # -- one round ----------------------------------------------------------------------------

@@ -578,6 +578,23 @@ def test_a_wrong_token_is_shown_and_the_token_never_appears_in_status_or_logs(
 
 
 # -- heartbeat, wake, stop ----------------------------------------------------------------------
+def test_retry_now_ends_a_backoff_so_what_waited_goes_at_once(tmp_path, server, stores):
+    """When the server is back (the notify socket opened again) the device does not sit out a
+    backoff of 30 s: what waited is sent at once."""
+    stores["digit"].add(correction(1))
+    server.script["/api/v1/heartbeat"] = deque(["503:30"])  # down, and says: try in 30 s
+    client = make_client(tmp_path, server.url, stores)
+    client.start()
+    try:
+        wait_for(lambda: client.status()["state"] == "offline", 10, "the first refusal")
+        time.sleep(0.5)
+        assert server.stored == {}  # waiting out the 30 s
+        client.retry_now()
+        wait_for(lambda: sum(server.stored.values()) == 1, 5, "the upload after retry_now")
+    finally:
+        client.stop()
+
+
 def test_a_sync_url_with_a_wrong_path_is_offline_and_says_so(tmp_path, server, stores):
     """A server that answers 404 to the heartbeat is not the sync server (a URL with /admin/):
     the device is offline with a hint, not "online" with nothing uploaded."""
