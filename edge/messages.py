@@ -367,7 +367,7 @@ def _correct(body: dict[str, Any], ctx: Context, kind: str) -> dict[str, Any]:
             embedding=np.asarray(embedding, dtype=np.float32),
             model_version=model.manifest.version,
         )
-    sample_id = _store(ctx, recent, canon, kind)
+    sample_id = _store(ctx, recent, canon, kind, _answer_id(body))
     key = "confirmation_id" if kind == CONFIRMATION else "correction_id"
     return {
         key: sample_id,
@@ -379,6 +379,20 @@ def _correct(body: dict[str, Any], ctx: Context, kind: str) -> dict[str, Any]:
         "mode": recent.mode,
         "pending": pending_total(ctx),
     }
+
+
+def _answer_id(body: dict[str, Any]) -> str | None:
+    """The id a page gives its answer (``correction_id``, a UUID), or None: the same answer sent
+    again after its reply was lost (the app restarted mid-answer) is then stored once."""
+    cid = body.get("correction_id")
+    if cid is None:
+        return None
+    try:
+        if isinstance(cid, str) and str(uuid.UUID(cid)) == cid:
+            return cid
+    except ValueError:
+        pass
+    raise protocol.ProtocolError("correction_id must be a UUID in its canonical form, or absent")
 
 
 def _correction_id(body: dict[str, Any]) -> str:
@@ -421,11 +435,18 @@ def _withdraw(body: dict[str, Any], ctx: Context) -> dict[str, Any]:
     }
 
 
-def _store(ctx: Context, recent: Recent, label: str, kind: str = CORRECTION) -> str:
+def _store(
+    ctx: Context, recent: Recent, label: str, kind: str = CORRECTION, answer_id: str | None = None
+) -> str:
     """Store a correction durably, then teach the personaliser; returns the correction's id."""
     with ctx.write_locks[recent.mode]:
         if ctx.closing.is_set():
             raise Unavailable("the server is shutting down; try again in a moment")
+        if answer_id is not None:
+            done = _answered_before(ctx, answer_id, label, kind)
+            if done:
+                recent.correction = (answer_id, label, kind)
+                return answer_id  # stored before, its reply lost: stored once
         if recent.correction is not None:
             done_id, done_label, done_kind = recent.correction
             if done_label == label and done_kind == kind:
@@ -436,7 +457,7 @@ def _store(ctx: Context, recent: Recent, label: str, kind: str = CORRECTION) -> 
                 code="already_corrected",
             )
         correction = Correction(
-            id=str(uuid.uuid4()),
+            id=answer_id or str(uuid.uuid4()),
             label=label,
             image=recent.image,
             strokes=None if recent.strokes is None else json.loads(recent.strokes),
@@ -496,6 +517,26 @@ def correction_counts(ctx: Context) -> dict[str, int]:
 def pending_total(ctx: Context) -> int:
     """Corrections not yet synced, over both stores."""
     return int(sum(int(store.pending_count()) for store in ctx.stores.values()))
+
+
+def _answered_before(ctx: Context, answer_id: str, label: str, kind: str) -> bool:
+    """Whether ``answer_id`` is stored already as this answer; ProtocolError when it is stored
+    as another one (an id is one answer's)."""
+    for store in ctx.stores.values():
+        if answer_id not in store:
+            continue
+        stored = store.get(answer_id)
+        if stored is not None and stored.withdrawn is None:
+            if stored.label == label and stored.kind == kind:
+                return True
+        said = (
+            "was taken back" if stored is not None and stored.withdrawn else "is another answer's"
+        )
+        raise protocol.ProtocolError(
+            f"this correction_id {said}: make a new one for a new answer",
+            code="invalid_correction_id",
+        )
+    return False
 
 
 def _disk_full(exc: BaseException) -> bool:

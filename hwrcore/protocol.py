@@ -62,6 +62,7 @@ STATUS: dict[str, int] = {
     "unavailable": 503,
     "busy": 503,
     "store_full": 507,
+    "invalid_correction_id": 409,
     "disk_full": 507,
 }
 

@@ -384,3 +384,34 @@ def test_screenshots_for_the_readme(playwright_browser, shared_edge, pen_digits)
         finally:
             context.close()
         assert (out / f"{name}.png").stat().st_size < 200_000
+
+
+def test_a_tap_again_after_a_lost_answer_stores_the_answer_once(
+    playwright_browser, edge, pen_digits
+):
+    """The device stored the answer but its reply was lost (the app restarted mid-answer): the
+    page says "Not saved", the pupil taps again as told, and the same answer id is sent, so the
+    device keeps one correction, not two."""
+    context, page, recorder = open_page(playwright_browser, edge.url)
+    try:
+        draw_with_mouse(page, pen_digits[3])
+        shown = settled(page)
+        label = "8" if shown["label"] != "8" else "9"
+        page.evaluate(
+            """() => { const send = hwrApp.send.bind(hwrApp); let lost = true;
+            hwrApp.send = async (...args) => { const answer = await send(...args);
+                if (lost) { lost = false; const e = new Error('lost');
+                    e.code = 'connection_lost'; throw e; }
+                return answer; }; }"""
+        )
+        page.click(f"#keypad [data-label='{label}']")
+        page.wait_for_selector("#correction[data-state=error]")
+        assert page.inner_text("#correction").startswith("Not saved")
+        page.click(f"#keypad [data-label='{label}']")
+        page.wait_for_selector("#correction[data-state=ok]")
+        sent = [m["correction_id"] for m in recorder.sent_of("correct")]
+        assert len(sent) == 2 and sent[0] == sent[1] and len(sent[0]) == 36
+        page.wait_for_selector("#pending[data-count='1']")
+        assert edge.health()["corrections"]["digit"]["count"] == 1
+    finally:
+        context.close()

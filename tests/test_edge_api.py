@@ -121,6 +121,47 @@ def test_api_predict(client, mode, strokes):
     assert img.status_code == 200 and img.get_json()["model"] == body["model"]
 
 
+def test_an_answer_sent_again_under_its_id_is_stored_once(models_path, web_dir, tmp_path):
+    """The page names its answer (correction_id): sent again after the app restarted before
+    answering, it is stored once; the id is one answer's."""
+    config = EdgeConfig(data_dir=tmp_path / "data", models_dir=models_path, web_dir=web_dir)
+    answer = str(uuid.uuid4())
+    app = create_app(config)
+    try:
+        client = app.test_client()
+        pred = client.post("/api/predict", json={"mode": "digit", "strokes": SEVEN}).get_json()
+        body = {"id": pred["id"], "label": "1", "correction_id": answer}
+        first = client.post("/api/correct", json=body)
+        assert first.status_code == 200 and first.get_json()["correction_id"] == answer
+    finally:
+        close_app(app)  # its answer lost: the page shows "Not saved" and the pupil taps again
+    app = create_app(config)
+    try:
+        client = app.test_client()
+        drawing = {"mode": "digit", "strokes": SEVEN, "label": "1", "correction_id": answer}
+        again = client.post("/api/correct", json=drawing)  # the prediction id is forgotten
+        assert again.status_code == 200 and again.get_json()["correction_id"] == answer
+        assert [c.id for c in read_store(store_path(config.data_dir, "digit"))] == [answer]
+        other = client.post("/api/correct", json={**drawing, "label": "4"})
+        assert_error(other, 409, "invalid_correction_id")
+        assert_error(
+            client.post("/api/confirm", json={**drawing, "label": "7"}),
+            409,
+            "invalid_correction_id",
+        )
+        bad = client.post("/api/correct", json={**drawing, "correction_id": "not-a-uuid"})
+        assert_error(bad, 400, "invalid_message")
+        client.post("/api/withdraw", json={"correction_id": answer, "by": "pupil"})
+        taken = client.post("/api/correct", json=drawing)
+        assert_error(taken, 409, "invalid_correction_id")
+        assert "taken back" in taken.get_json()["error"]["message"]
+        fresh = client.post("/api/correct", json={**drawing, "correction_id": str(uuid.uuid4())})
+        assert fresh.status_code == 200
+        assert len(read_store(store_path(config.data_dir, "digit"))) == 2
+    finally:
+        close_app(app)
+
+
 def test_api_correct_is_durable_when_answered(client, app, config):
     pred = client.post("/api/predict", json={"mode": "digit", "strokes": SEVEN}).get_json()
     resp = client.post("/api/correct", json={"id": pred["id"], "label": "7"})

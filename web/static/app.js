@@ -63,6 +63,15 @@ function spoken(label) {
 }
 
 /** An error in words a pupil understands. */
+/** A random (version 4) UUID; crypto.randomUUID needs https, which a classroom's LAN lacks. */
+export function newUuid() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
 export function words(err) {
   return PUPIL_WORDS[err.code] || err.message || "Something went wrong.";
 }
@@ -110,6 +119,7 @@ class App {
     this.httpLiveBusy = false;
     this.saving = false;
     this.offer = null; // {record, timer, until}: the saved answer the Undo takes back
+    this.attempt = null; // the answer being saved: {key, id}, kept until it is saved
     this.healthOk = null; // whether the last HTTP /healthz answered
     this.countdown = null;
     this.recent = this.#loadRecent();
@@ -474,15 +484,21 @@ class App {
     $("keypad").setAttribute("aria-busy", "true");
     this.showActions();
     this.showCorrection("busy", `Saving ${label}\u2026`);
+    // One id per answer, kept while it is not saved: tapping again after "Not saved" (a reply
+    // lost when the app restarted) sends the same id, and the device stores it once.
+    const key = JSON.stringify([kind, prediction.mode, label, prediction.strokes]);
+    if (!this.attempt || this.attempt.key !== key) this.attempt = { key, id: newUuid() };
     try {
       const type = kind === "confirmation" ? "confirm" : "correct";
-      const answer = await this.send(type, prediction, label);
+      const answer = await this.send(type, prediction, label, this.attempt.id);
+      this.attempt = null; // saved: the next answer is a new one
       this.saved(kind, answer, prediction, answer.label || label);
     } catch (err) {
       const why = ["unreachable", "connection_lost"].includes(err.code) ? OFFLINE : words(err);
       this.showCorrection("error", `Not saved: ${why}`, label);
       if (err.code === "store_full") $("pending").dataset.state = "full";
       if (err.code === "disk_full") this.refreshHealth(); // the footer says so to the teacher
+      if (err.code === "invalid_correction_id") this.attempt = null; // a new id next time
     } finally {
       this.saving = false;
       $("keypad").removeAttribute("aria-busy");
@@ -492,12 +508,12 @@ class App {
   }
 
   /** Send by the prediction's id; a device that has forgotten the id gets the drawing. */
-  async send(type, prediction, label) {
+  async send(type, prediction, label, answerId) {
     try {
-      return await this.conn.request(type, { id: prediction.id, label }).answer;
+      return await this.conn.request(type, { id: prediction.id, label, correction_id: answerId }).answer;
     } catch (err) {
       if (err.code !== "unknown_prediction") throw err;
-      const body = { mode: prediction.mode, strokes: prediction.strokes, label };
+      const body = { mode: prediction.mode, strokes: prediction.strokes, label, correction_id: answerId };
       return await this.conn.request(type, body).answer;
     }
   }
