@@ -363,6 +363,25 @@ def test_heartbeat_is_recorded_and_names_the_current_releases(app, client):
     assert json.loads(row.hb_models) == body["models"]
 
 
+def test_the_pending_count_falls_with_each_upload_not_at_the_next_heartbeat(app, client):
+    h = device(app)
+    client.post("/api/v1/heartbeat", json={"pending": 3}, headers=h)
+    batch = [item(label="1"), item(label="2")]
+    assert (
+        client.post("/api/v1/corrections", json={"corrections": batch}, headers=h).status_code
+        == 200
+    )
+    client.post("/api/v1/corrections", json={"corrections": batch[:1]}, headers=h)  # a duplicate
+
+    def pending() -> int:
+        with db.reading(st(app).engine) as conn:
+            return conn.execute(select(db.devices.c.hb_pending)).scalar()
+
+    assert pending() == 0  # 3 - 2 stored - 1 duplicate (the device marks both synced)
+    client.post("/api/v1/corrections", json={"corrections": [item(label="3")]}, headers=h)
+    assert pending() == 0  # never below zero
+
+
 def test_models_answer_signed_releases_with_an_etag(app, client, tmp_path):
     h = device(app)
     r = client.get("/api/v1/models", headers=h)
