@@ -343,6 +343,24 @@ def test_a_retrain_job_shows_live_progress(page, school):
         st.close()
 
 
+def test_no_page_is_wider_than_a_phone(browser, school):
+    """At 390 px every page fits the screen's width: a wide table scrolls in its own box."""
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        w = Watched(context.new_page())
+        sign_in(w, school.url)
+        w.page.wait_for_url(school.url + "/admin/")
+        wide = {}
+        for path in ("", "corrections", "quarantine", "models", "jobs"):
+            w.page.goto(f"{school.url}/admin/{path}")
+            width = w.page.evaluate("document.documentElement.scrollWidth")
+            if width > 390:
+                wide[path or "devices"] = width
+        assert wide == {}
+    finally:
+        context.close()
+
+
 def _heartbeat(school: School, token: str) -> int:
     r = requests.post(
         school.url + "/api/v1/heartbeat",
