@@ -175,6 +175,17 @@ def test_a_mirror_fed_every_event_ends_with_the_canvas(tmp_path):
     assert mirror.correction == "7"
 
 
+def answer_then_clear(hub: ViewerHub, kind: str, label: str, cid: str) -> None:
+    """The pupil's page saves an answer (``correct`` or ``confirm``), then clears its drawing."""
+    reply = {"correct": "corrected", "confirm": "confirmed"}[kind]
+    hub.publish(
+        "ws-a",
+        {"type": kind, "id": "e" * 32, "label": label},
+        {"type": reply, "label": label, "correction_id": cid, "stored": True},
+    )
+    hub.publish("ws-a", {"type": "clear"}, {"type": "cleared"})
+
+
 def test_a_saved_answer_outlives_the_clear_that_follows_it_until_taken_back():
     """The page clears its drawing once an answer is saved: viewers keep the answer in view,
     and one who joins after the clear is given it in the snapshot."""
@@ -182,12 +193,7 @@ def test_a_saved_answer_outlives_the_clear_that_follows_it_until_taken_back():
     viewer = hub.join("s")
     mirror = Mirror()
     predict(hub, [DOWN])  # read as "1"
-    hub.publish(
-        "ws-a",
-        {"type": "correct", "id": "f" * 32, "label": "7"},
-        {"type": "corrected", "label": "7", "correction_id": "c1", "stored": True},
-    )
-    hub.publish("ws-a", {"type": "clear"}, {"type": "cleared"})
+    answer_then_clear(hub, "correct", "7", "c1")
     for msg in drain(hub, viewer):
         mirror.apply(msg)
     assert mirror.strokes == [] and mirror.correction is None
@@ -198,12 +204,7 @@ def test_a_saved_answer_outlives_the_clear_that_follows_it_until_taken_back():
     assert late.answer == mirror.answer
     # a confirmation: "Right!" on the page, kept as right
     predict(hub, [ACROSS])
-    hub.publish(
-        "ws-a",
-        {"type": "confirm", "id": "e" * 32, "label": "1"},
-        {"type": "confirmed", "label": "1", "correction_id": "c2", "stored": True},
-    )
-    hub.publish("ws-a", {"type": "clear"}, {"type": "cleared"})
+    answer_then_clear(hub, "confirm", "1", "c2")
     for msg in drain(hub, viewer):
         mirror.apply(msg)
     assert mirror.answer == {"label": "1", "kind": "confirmation", "predicted": "1"}

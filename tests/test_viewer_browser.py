@@ -78,6 +78,15 @@ def viewer_page(browser, host: str, token: str):
     return page, sockets
 
 
+def pupil_page(browser, url: str):
+    """The device's canvas page on the 800x480 screen, once its socket is open."""
+    page = browser.new_context(viewport={"width": 800, "height": 480}).new_page()
+    page.set_default_timeout(SLOW_MS)
+    page.goto(url)
+    page.wait_for_selector("#conn[data-state='open']")
+    return page
+
+
 def stored(edge: Edge) -> dict:
     health = edge.health()
     return {"corrections": health["corrections"], "pending": health["pending"]}
@@ -89,11 +98,8 @@ def test_strokes_drawn_on_the_device_appear_on_two_viewer_pages(device, browser)
     for page in viewers:
         page.wait_for_selector("#conn[data-state='open']")
         page.wait_for_function("window.hwrViewer && window.hwrViewer.seq !== null")
-    pupil_context = browser.new_context(viewport={"width": 800, "height": 480})
-    pupil = pupil_context.new_page()
-    pupil.set_default_timeout(SLOW_MS)
-    pupil.goto(edge.url)
-    pupil.wait_for_selector("#conn[data-state='open']")
+    pupil = pupil_page(browser, edge.url)
+    pupil_context = pupil.context
     pupil.wait_for_selector("#watching:not([hidden])")  # the pupil sees that someone watches
     assert "2 teachers watching" in pupil.text_content("#watching")
 
@@ -139,11 +145,7 @@ def test_the_pupils_answer_stays_in_view_and_a_restart_keeps_the_sign_in(browser
     try:
         viewer, _ = viewer_page(browser, f"127.0.0.1:{port}", VIEWER_TOKEN)
         viewer.wait_for_selector("#conn[data-state='open']")
-        pupil_context = browser.new_context(viewport={"width": 800, "height": 480})
-        pupil = pupil_context.new_page()
-        pupil.set_default_timeout(SLOW_MS)
-        pupil.goto(edge.url)
-        pupil.wait_for_selector("#conn[data-state='open']")
+        pupil = pupil_page(browser, edge.url)
         draw_with_mouse(pupil, PLUS)
         pupil.wait_for_selector("#result[data-final='true']")
         guess = pupil.text_content("#pred-label")
@@ -153,7 +155,7 @@ def test_the_pupils_answer_stays_in_view_and_a_restart_keeps_the_sign_in(browser
         viewer.wait_for_selector("#answer:not([hidden])")
         viewer.wait_for_function("window.hwrViewer.strokes.length === 0")  # the page cleared
         assert viewer.text_content("#answer") == f"Last answer: corrected from {guess} to {label}"
-        pupil_context.close()
+        pupil.context.close()
 
         edge.stop()
         viewer.wait_for_function(
