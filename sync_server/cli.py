@@ -211,8 +211,8 @@ def serve(config: SyncConfig, config_file: Path | None = None) -> int:
         from .remote import check_tunnel
 
         check_tunnel(config)  # TunnelRefused: no admin token or no ngrok token, exit 2
-    log.info("effective config: %s", config.to_dict())
-    # Start-up failures are reported here, before binding: the database, the key, the queue.
+    # Start-up failures are reported here, before binding (the database, the key, the queue),
+    # each as the one line on stderr: the settings are logged once they have passed.
     st = open_state(config)
     if not st.admin_token:
         log.warning(
@@ -221,6 +221,7 @@ def serve(config: SyncConfig, config_file: Path | None = None) -> int:
         )
     st.close()
     hold_data_dir(config.data_dir)  # one server per school's folder, held until this one ends
+    log.info("effective config: %s", config.to_dict())
     mended = make_private(config.data_dir)
     if mended:
         log.warning(

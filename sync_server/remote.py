@@ -77,7 +77,7 @@ class TunnelState:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump({k: status.get(k) for k in OFF}, f)
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o600)  # the server's own workers read it: its user alone
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -220,6 +220,7 @@ def test_init_is_private_and_serve_mends_a_school_left_readable(tmp_path):
     try:
         assert data.stat().st_mode & 0o777 == 0o700
         assert (data / "sync.db").stat().st_mode & 0o777 == 0o600
+        assert (data / "tunnel.json").stat().st_mode & 0o777 == 0o600  # serve's own file too
     finally:
         s.stop()
     log = (tmp_path / "server.log").read_text()
@@ -231,6 +232,7 @@ def test_a_second_server_on_the_same_folder_is_refused(server, tmp_path):
     data = tmp_path / "data"
     second = cli(data, "serve", "--port", "0", check=False)
     assert second.returncode == 2 and "serving" not in second.stdout
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr  # the refusal alone
     last = second.stderr.strip().splitlines()[-1]
     assert last.startswith(f"hwr-sync-server: another hwr-sync-server serves {data} already (pid ")
     assert f"(pid {server.proc.pid})" in last
