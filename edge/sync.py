@@ -23,11 +23,14 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import math
+import os
 import random as random_module
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,6 +53,7 @@ MAX_BODY_BYTES = 1 << 20  # the server's limit per body
 RETRY_AFTER_MAX = 3600.0  # a Retry-After longer than this is taken as this
 BATCHES_PER_ROUND = 20  # per store, before the loop looks at the heartbeat and stop() again
 STOP_JOIN_SECONDS = 2.0
+STATE_FILE = "sync_state.json"  # in the data directory: when corrections last reached the server
 MODEL_NAMES = {"digit": "digits", "char": "characters"}  # when models_info() lacks a mode
 _PREFIX = b'{"corrections":['
 _SUFFIX = b"]}"
@@ -70,6 +74,24 @@ class SyncError(HwrError):
         super().__init__(message)
         self.status = status  # the HTTP status, None when no answer came
         self.retry_after = retry_after  # seconds the server asked to wait (429, 503)
+
+
+def _read_last_sync(path: Path) -> float | None:
+    try:
+        value = json.loads(path.read_text()).get("last_sync")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _write_last_sync(path: Path, when: float) -> None:
+    """Replace the small state file (a lost write only shows an older time after a restart)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps({"last_sync": when}))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("sync: the time of the last sync could not be kept: %s", exc)
 
 
 class Backoff:
@@ -223,7 +245,10 @@ class SyncClient:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._state = "offline"  # until the server has answered once
-        self._last_sync: float | None = None
+        # When corrections last reached the server, kept across restarts (a device that synced
+        # yesterday is not "never synced" after a reboot).
+        self._state_path = Path(config.data_dir) / STATE_FILE
+        self._last_sync: float | None = _read_last_sync(self._state_path)
         self._last_error: str | None = None
         self._next_heartbeat = -float("inf")
         self._skip: set[str] = set()  # ids the server refused: not sent again by this process
@@ -536,6 +561,7 @@ class SyncClient:
             self._uploaded += len(acked)
             self._last_sync = self._clock()
             self._last_error = None
+        _write_last_sync(self._state_path, self._last_sync)
 
     def _refuse(self, cid: str, status: str, code: str) -> None:
         """Keep a correction the server will not take: counted, shown, never sent again now."""

@@ -560,8 +560,10 @@ GEOMETRY = """() => {
                    'keypad', 'watching', 'remote'].map(id => box(document.getElementById(id))),
         footerTop: document.querySelector('footer').getBoundingClientRect().top,
         // Statuses whose text is cut short (an ellipsis) although a pupil must read them.
-        clipped: ['conn', 'pending', 'keypad-title', 'pred-hint', 'undo-save'].filter(id => {
-            const e = document.getElementById(id); return e.scrollWidth > e.clientWidth + 1; }),
+        clipped: ['conn', 'pending', 'keypad-title', 'pred-hint', 'undo-save', 'models', 'sync',
+                  'remote', 'correction', 'watching'].filter(id => {
+            const e = document.getElementById(id);
+            return e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight + 1; }),
         canvas: box(c), store: [c.width, c.height], dpr: devicePixelRatio,
         touchAction: getComputedStyle(c).touchAction,
         scrollWidth: document.documentElement.scrollWidth,
@@ -588,10 +590,12 @@ def test_every_target_and_status_fits_on_one_screen(
             wait_for_prediction(page)
             # The longest texts each status can show, so that none is measured short.
             page.evaluate(
-                """() => { hwrApp.showCorrection('error', 'Not saved: ' + 'the app is offline. '
-                    .repeat(4)); document.getElementById('conn').textContent =
-                    'Reconnecting in 5 s'; hwrApp.showWatching(2); hwrApp.showRemote(
-                    {state: 'open', viewer_url: 'https://a-long-name.ngrok-free.app/viewer'});
+                """() => { hwrApp.showCorrection('error',
+                    'Not saved: This device is full. Tell your teacher.');
+                    document.getElementById('conn').textContent = 'Reconnecting in 5 s';
+                    hwrApp.showWatching(2); hwrApp.showRemote({state: 'failed', error: 'x'});
+                    hwrApp.showSync({state: 'offline', last_sync: Date.now() / 1000 - 86400 * 3});
+                    hwrApp.showPending(1234);
                     hwrApp.offerUndo({id: 'x', kind: 'correction', mode: hwrApp.mode,
                     label: 'W', strokes: []}); document.getElementById('undo-left')
                     .textContent = '(10)'; }"""

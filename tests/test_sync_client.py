@@ -595,6 +595,21 @@ def test_retry_now_ends_a_backoff_so_what_waited_goes_at_once(tmp_path, server, 
         client.stop()
 
 
+def test_the_time_of_the_last_sync_outlives_a_restart(tmp_path, server, stores):
+    """A device that synced is not "never synced" after a reboot."""
+    (tmp_path / "data").mkdir(exist_ok=True)
+    fresh = make_client(tmp_path, server.url, stores)
+    assert fresh.status()["last_sync"] is None
+    stores["digit"].add(correction(1))
+    fresh.step()
+    synced = fresh.status()["last_sync"]
+    assert synced is not None and sum(server.stored.values()) == 1
+    again = make_client(tmp_path, server.url, stores)  # the next start of the device
+    assert again.status()["last_sync"] == synced
+    (tmp_path / "data" / "sync_state.json").write_text("not json")
+    assert make_client(tmp_path, server.url, stores).status()["last_sync"] is None
+
+
 def test_a_sync_url_with_a_wrong_path_is_offline_and_says_so(tmp_path, server, stores):
     """A server that answers 404 to the heartbeat is not the sync server (a URL with /admin/):
     the device is offline with a hint, not "online" with nothing uploaded."""
@@ -934,7 +949,7 @@ def test_the_canvas_shows_the_server_state_the_last_sync_and_a_full_store(
                 page.set_default_timeout(20_000)
                 page.goto(edge.url + "/")
                 page.wait_for_selector("#sync[data-state=online]")
-                assert page.inner_text("#sync") == "School server: online \u00b7 never synced"
+                assert page.inner_text("#sync") == "Server online \u00b7 never synced"
 
                 def correct_on_page(label: str) -> str:
                     page.click("#clear")
@@ -948,14 +963,12 @@ def test_the_canvas_shows_the_server_state_the_last_sync_and_a_full_store(
 
                 assert correct_on_page("7") == "Saved \u2713 7"
                 page.wait_for_function(
-                    "document.getElementById('sync').textContent.includes('last sync')"
+                    "document.getElementById('sync').textContent.includes('synced ')"
                 )
                 page.wait_for_selector("#pending[data-count='0']")
                 server.stop()
                 page.wait_for_selector("#sync[data-state=offline]")
-                assert page.inner_text("#sync").startswith(
-                    "School server: offline \u00b7 last sync"
-                )
+                assert page.inner_text("#sync").startswith("Server offline \u00b7 synced")
                 assert "cannot reach the server" in page.get_attribute("#sync", "title")
                 assert correct_on_page("1") == "Saved \u2713 1"
                 text = correct_on_page("4")

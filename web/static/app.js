@@ -54,6 +54,12 @@ function when(seconds) {
   const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   return d.toDateString() === new Date().toDateString() ? time : `${d.toLocaleDateString()} ${time}`;
 }
+/** As when(), but only the day for an earlier one ("1 Dec"): the footer's cell is narrow. */
+function shortWhen(seconds) {
+  const d = new Date(seconds * 1000);
+  if (d.toDateString() === new Date().toDateString()) return when(seconds);
+  return d.toLocaleDateString([], { day: "numeric", month: "short" });
+}
 const pct = (p) => `${Math.round(Math.max(0, Math.min(1, Number(p) || 0)) * 100)}%`;
 
 /** How a screen reader should say a label: letters need their case spelled out. */
@@ -786,7 +792,7 @@ class App {
     for (const mode of Object.keys(MODEL_NAMES)) {
       const m = models[mode];
       if (!m) continue;
-      parts.push(`${MODEL_NAMES[mode]} ${m.version ?? "?"}`);
+      parts.push(`${MODEL_NAMES[mode]} ${m.version ?? "?"}`); // the title names them all
       if (Array.isArray(m.labels) && m.labels.join() !== this.labels[mode].join()) {
         this.labels[mode] = m.labels.map(String);
         if (mode === this.mode) this.buildKeypad();
@@ -817,7 +823,7 @@ class App {
     const el = $("watching");
     el.hidden = n <= 0;
     el.dataset.count = String(n);
-    el.textContent = n === 1 ? "Teacher watching" : `${n} teachers watching`;
+    el.textContent = n === 1 ? "Teacher watching" : `${n} watching`;
     el.title = n === 1 ? "A teacher is watching this canvas." : `${n} teachers are watching this canvas.`;
   }
 
@@ -830,7 +836,7 @@ class App {
     if (state === "failed") {
       // Asked for and not opened (offline, a refused token): the teacher sees why here.
       el.hidden = false;
-      el.textContent = "Remote viewing: not open";
+      el.textContent = "Remote: not open";
       el.title = `The tunnel for watching this canvas remotely did not open: ${tunnel.error || "see the log"}.`;
       return;
     }
@@ -850,23 +856,25 @@ class App {
       return;
     }
     if (state === "refused") {
-      el.textContent = "School server: refuses this device";
+      el.textContent = "Server refuses this device";
       el.title =
         "The school's server does not accept this device's token (revoked or replaced). " +
         "Corrections stay on this device; whoever runs the server can give it a new token.";
       return;
     }
     if (state !== "online" && state !== "offline") {
-      el.textContent = "School server: ?";
+      el.textContent = "Server: ?";
       el.title = "";
       return;
     }
-    const last = Number.isFinite(sync.last_sync) ? `last sync ${when(sync.last_sync)}` : "never synced";
+    const last = Number.isFinite(sync.last_sync) ? `synced ${shortWhen(sync.last_sync)}` : "never synced";
     const refused = (Number(sync.rejected) || 0) + (Number(sync.conflicts) || 0);
-    const parts = [`School server: ${state}`, last];
+    // Short enough for the 800x480 footer: the whole story is in the title (hover, or a teacher).
+    const parts = [`Server ${state}`, last];
     if (refused > 0) parts.push(`${refused} not accepted`);
     el.textContent = parts.join(" \u00b7 ");
-    const notes = [el.textContent + ".", sync.server ? `Server ${sync.server}.` : ""];
+    const at = Number.isFinite(sync.last_sync) ? `last synced ${when(sync.last_sync)}` : "never synced";
+    const notes = [`School server ${state}; ${at}.`, sync.server ? `Server ${sync.server}.` : ""];
     if (state === "offline" && sync.last_error) notes.push(`Last problem: ${sync.last_error}.`);
     if (refused > 0) notes.push(`${refused} corrections were not accepted by the server; they stay on this device.`);
     el.title = notes.filter(Boolean).join(" ");
