@@ -204,6 +204,33 @@ def test_failed_sign_ins_are_limited_per_address(client):
     assert other.status_code == 303  # another address is not held up
 
 
+def test_wrong_tokens_from_outside_never_keep_the_school_network_out(app, client):
+    """Through the tunnel (the agent on this machine adds X-Forwarded-For) every address counts
+    on its own and all of them together; the school's own network only ever per address, so no
+    device on it, and nobody outside, can keep the admin out with wrong tokens."""
+    for i in range(auth.FAILS_REMOTE):
+        r = sign_in(
+            app.test_client(),
+            token="guess",
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},
+            headers={"X-Forwarded-For": f"198.51.100.{i}"},
+        )
+        assert r.status_code == 401
+    tunnel = {"REMOTE_ADDR": "127.0.0.1"}
+    new_remote = sign_in(
+        app.test_client(), environ_base=tunnel, headers={"X-Forwarded-For": "203.0.113.7"}
+    )
+    assert new_remote.status_code == 429  # outside, all together: a while
+    public = sign_in(app.test_client(), environ_base={"REMOTE_ADDR": "93.184.216.34"})
+    assert public.status_code == 429  # a public address is outside too
+    assert sign_in(app.test_client(), environ_base={"REMOTE_ADDR": "10.0.0.9"}).status_code == 303
+    assert sign_in(client).status_code == 303  # the server's own machine
+    for _ in range(auth.FAILS_PER_ADDRESS):  # a device on the school network guessing
+        sign_in(app.test_client(), token="guess", environ_base={"REMOTE_ADDR": "10.0.0.66"})
+    assert sign_in(app.test_client(), environ_base={"REMOTE_ADDR": "10.0.0.66"}).status_code == 429
+    assert sign_in(app.test_client(), environ_base={"REMOTE_ADDR": "10.0.0.9"}).status_code == 303
+
+
 def test_the_sign_in_limit_holds_across_worker_processes(app, client, tmp_path: Path):
     """Two apps on one database stand for two gunicorn workers: failures on one count on both."""
     other = make_app(tmp_path)
