@@ -18,7 +18,6 @@ exactly as it was predicted.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import shutil
@@ -36,7 +35,14 @@ from hwrcore import protocol
 from hwrcore.errors import HwrError, InvalidLabel
 from hwrcore.labels import label_set_for_mode
 from hwrcore.preprocess import png_to_input, strokes_to_input
-from hwrcore.store import Correction, CorrectionStore, InvalidCorrection, StoreError, StoreFull
+from hwrcore.store import (
+    Correction,
+    CorrectionStore,
+    DiskFull,
+    InvalidCorrection,
+    StoreError,
+    StoreFull,
+)
 
 from .models import LoadedModel
 from .personal import Personaliser
@@ -473,11 +479,12 @@ def _store(
         except StoreFull as exc:  # the teacher must act: the message says what to do
             log.warning("a %s correction was refused: %s", recent.mode, exc.message)
             raise Unavailable(exc.message, code=exc.code) from None
+        except DiskFull as exc:  # a teacher must free space: /healthz says so until then
+            log.error("storing a %s correction failed: %s", recent.mode, exc.message)
+            ctx.disk_full_at = time.time()
+            raise Unavailable(DISK_FULL, code=exc.code) from None
         except (StoreError, OSError, RuntimeError) as exc:
             log.error("storing a %s correction failed: %s", recent.mode, exc)
-            if _disk_full(exc):
-                ctx.disk_full_at = time.time()
-                raise Unavailable(DISK_FULL, code="disk_full") from None
             raise Unavailable("the correction could not be stored; try again") from None
         except InvalidCorrection as exc:
             # Everything was checked before; a refusal here is a bug, not the client's fault.
@@ -536,20 +543,6 @@ def _answered_before(ctx: Context, answer_id: str, label: str, kind: str) -> boo
             f"this correction_id {said}: make a new one for a new answer",
             code="invalid_correction_id",
         )
-    return False
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """Whether a failed write failed for want of space (the store may wrap the OSError)."""
-    seen: BaseException | None = exc
-    for _ in range(5):  # the error, then what it was raised from
-        if seen is None:
-            return False
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(seen):  # HDF5's errors carry the errno as text
-            return True
-        seen = seen.__cause__ or seen.__context__
     return False
 
 

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -114,6 +115,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Correction",
     "CorrectionStore",
+    "DiskFull",
     "InvalidCorrection",
     "PendingItem",
     "StoreError",
@@ -130,6 +132,12 @@ class StoreError(HwrError):
     """The store cannot be opened or written (locked by another process, disk full, newer schema)."""
 
     code = "store_error"
+
+
+class DiskFull(StoreError):
+    """The disk holding the store has no room for a new record; nothing of it was kept."""
+
+    code = "disk_full"
 
 
 class StoreFull(StoreError):
@@ -989,6 +997,8 @@ class CorrectionStore:
                 os.ftruncate(self._jfd, start)
             except OSError as e2:
                 log.error("could not cut a failed write from %s: %s", self._journal.name, e2)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"no room on the disk for {self._journal}: {e}") from e
             raise StoreError(
                 f"could not write {self._journal}: {e}", code="store_write_failed"
             ) from e
