@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_file
-from sqlalchemy import case, update
+from sqlalchemy import update
 
 from hwrcore import protocol, web_errors
 from hwrcore.labels import LABEL_SETS
@@ -134,7 +134,6 @@ def post_corrections() -> Response:
     if isinstance(items, Response):
         return items
     results = merge(state().engine, g.device.id, items)
-    _acknowledged(g.device.id, sum(r["status"] in ("stored", "duplicate") for r in results))
     queue = state().jobs
     if queue is not None:  # the worker scores what was stored, off this request's path
         modes = {
@@ -143,20 +142,6 @@ def post_corrections() -> Response:
         for mode in modes & set(LABEL_SETS):
             queue.poke(mode)
     return jsonify({"results": results})
-
-
-def _acknowledged(device_id: int, n: int) -> None:
-    """The device no longer counts ``n`` corrections as pending (it marks them synced on this
-    answer): its pending count on the dashboard falls now, not at its next heartbeat."""
-    if n <= 0:
-        return
-    left = case((devices.c.hb_pending > n, devices.c.hb_pending - n), else_=0)
-    with writing(state().engine) as conn:
-        conn.execute(
-            update(devices)
-            .where(devices.c.id == device_id, devices.c.hb_pending.is_not(None))
-            .values(hb_pending=left)
-        )
 
 
 def _heartbeat_fields(body: dict[str, Any]) -> dict[str, Any]:

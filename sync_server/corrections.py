@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, exc, func, select
+from sqlalchemy import Engine, case, exc, func, select, update
 
 from hwrcore.labels import LABEL_SETS
 from hwrcore.preprocess import MAX_COORD, MAX_POINTS, MAX_STROKES
@@ -250,6 +250,16 @@ def _merge_once(engine: Engine, device_id: int, checked: list[Checked | None]) -
             outcomes.append({"status": "stored"})
         if new:
             conn.execute(corrections.insert(), new)
+        # The device marks what is stored or a duplicate as synced on this answer: its pending
+        # count (the last heartbeat's) falls now, in the same transaction, not 30 s later.
+        acked = sum(o.get("status") in ("stored", "duplicate") for o in outcomes)
+        if acked:
+            left = case((devices.c.hb_pending > acked, devices.c.hb_pending - acked), else_=0)
+            conn.execute(
+                update(devices)
+                .where(devices.c.id == device_id, devices.c.hb_pending.is_not(None))
+                .values(hb_pending=left)
+            )
     return outcomes
 
 
