@@ -67,6 +67,7 @@ from flask import (
 from simple_websocket import ConnectionClosed, Server
 
 from hwrcore import protocol
+from hwrcore.tunnel import agent_client
 from hwrcore.web_body import read_json
 
 from .api import error_response
@@ -535,11 +536,10 @@ def _client() -> str:
     """Who is signing in: the address the tunnel's agent saw (the last X-Forwarded-For hop it
     added) for a request it forwarded from this machine, else the connection's own address.
     A hop anyone else claims is not believed."""
-    addr = request.remote_addr or ""
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    if forwarded and addr in ("127.0.0.1", "::1"):
-        return "tunnel " + forwarded.rsplit(",", 1)[-1].strip()[:64]
-    return addr
+    seen = agent_client(request.remote_addr, request.headers.get("X-Forwarded-For"))
+    if seen is not None:
+        return "tunnel " + seen
+    return request.remote_addr or ""
 
 
 @bp.post("/signin")

@@ -99,6 +99,18 @@ class TunnelOptionsError(TunnelError):
     code = "invalid_tunnel_options"
 
 
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+def agent_client(remote_addr: str | None, forwarded_for: str | None) -> str | None:
+    """For a request the ngrok agent forwarded from this machine, the client address it saw
+    (the last X-Forwarded-For hop, the one it appends); None for any other request. A hop a
+    sender put there itself comes before the agent's and is not believed."""
+    if not forwarded_for or remote_addr not in LOOPBACK:
+        return None
+    return forwarded_for.rsplit(",", 1)[-1].strip()[:48]
+
+
 def require_authentication(protected: bool, what: str) -> None:
     """Refuse a tunnel unless every route it exposes requires a token (the URL is public)."""
     if not protected:

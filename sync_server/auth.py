@@ -32,6 +32,7 @@ from sqlalchemy import Engine, func, select
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from hwrcore.errors import HwrError
+from hwrcore.tunnel import agent_client
 
 from .config import SyncConfig
 from .db import reading, signin_failures, writing
@@ -270,9 +271,9 @@ def client_address(req: Request) -> str:
     request the tunnel's agent forwarded from this machine, or a public address), else the
     address itself."""
     addr = req.remote_addr or "-"
-    forwarded = req.headers.get("X-Forwarded-For", "")
-    if forwarded and addr in ("127.0.0.1", "::1"):  # the ngrok agent, beside the server
-        return REMOTE + forwarded.rsplit(",", 1)[-1].strip()[:48]
+    seen = agent_client(req.remote_addr, req.headers.get("X-Forwarded-For"))
+    if seen is not None:  # through the tunnel: the address ngrok's agent saw
+        return REMOTE + seen
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
