@@ -11,14 +11,11 @@ corrections. :mod:`edge.delivery` fetches releases and swaps them in with these.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hwrcore.errors import HwrError
+from hwrcore.files import fsync_dir, write_json
 from hwrcore.manifest import Manifest
 from hwrcore.release import (
     IncompatibleRelease,
@@ -125,31 +123,6 @@ def keep_embeddings(model: LoadedModel, store: CorrectionStore, redone: dict) ->
 
 
 # -- the trust state ----------------------------------------------------------------------------
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write atomically (temp file, fsync, rename, fsync the folder)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
-
-
 class TrustState:
     """``state.json``: per mode the trusted sequence, the serving version and the previous one.
 

@@ -24,7 +24,6 @@ import email.utils
 import json
 import logging
 import math
-import os
 import random as random_module
 import threading
 import time
@@ -38,6 +37,7 @@ import requests
 
 from hwrcore import __version__
 from hwrcore.errors import HwrError
+from hwrcore.files import write_json
 from hwrcore.store import CorrectionStore, PendingItem, StoreError
 
 from .config import EdgeConfig
@@ -86,10 +86,8 @@ def _read_last_sync(path: Path) -> float | None:
 
 def _write_last_sync(path: Path, when: float) -> None:
     """Replace the small state file (a lost write only shows an older time after a restart)."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps({"last_sync": when}))
-        os.replace(tmp, path)
+        write_json(path, {"last_sync": when})
     except OSError as exc:
         log.debug("sync: the time of the last sync could not be kept: %s", exc)
 

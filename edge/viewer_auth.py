@@ -11,13 +11,14 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+
+from hwrcore.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +83,10 @@ class ViewerAuth:
         if self._path is None:
             return
         body = {"token": self._mark, "sessions": {k.hex(): v for k, v in self._sessions.items()}}
-        tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(body, f)
-            os.replace(tmp, self._path)
+            write_json(self._path, body, mode=0o600)
         except OSError as exc:
             log.warning("the viewer sessions could not be saved: %s", exc)
-            tmp.unlink(missing_ok=True)
 
     def matches(self, token: object) -> bool:
         """Whether ``token`` is the viewer token (constant time; any length)."""
