@@ -73,13 +73,7 @@ from hwrcore.web_body import read_json
 from .api import error_response
 from .config import EdgeConfig
 from .guard import _name_of, allowed_hosts
-from .viewer_auth import (  # noqa: F401 - the sign-in's limits, as the viewer's
-    FAIL_WINDOW_S,
-    FAILS_PER_CLIENT,
-    FAILS_REMOTE,
-    MAX_CLIENTS_TRACKED,
-    ViewerAuth,
-)
+from .viewer_auth import ViewerAuth
 from .ws import EXTENSION as SOCKETS
 from .ws import RateLimit, _handshake_error, _Upgraded, finish
 

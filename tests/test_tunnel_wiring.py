@@ -16,7 +16,7 @@ import pytest
 import requests
 import websocket
 
-from edge.viewer import FAILS_PER_CLIENT
+from edge.viewer_auth import FAILS_PER_CLIENT
 from tests.test_edge_process import HWR_EDGE, Edge, edge_models
 
 pytest.importorskip("pyngrok")

@@ -7,16 +7,8 @@ import time
 
 import pytest
 
-from edge.viewer import (
-    FAILS_PER_CLIENT,
-    FAILS_REMOTE,
-    LIVE_LIMIT,
-    MAX_CLIENTS_TRACKED,
-    QUEUE_LIMIT,
-    Viewer,
-    ViewerAuth,
-    ViewerHub,
-)
+from edge.viewer import LIVE_LIMIT, QUEUE_LIMIT, Viewer, ViewerHub
+from edge.viewer_auth import FAILS_PER_CLIENT, FAILS_REMOTE, MAX_CLIENTS_TRACKED, ViewerAuth
 
 DOWN = [[10.0, 10.0], [10.0, 40.0], [10.0, 80.0], [10.0, 120.0]]
 ACROSS = [[0.0, 60.0], [40.0, 60.0], [80.0, 60.0]]

@@ -68,7 +68,6 @@ function spoken(label) {
   return label === label.toUpperCase() ? `capital ${label}` : `small ${label}`;
 }
 
-/** An error in words a pupil understands. */
 /** A random (version 4) UUID; crypto.randomUUID needs https, which a classroom's LAN lacks. */
 export function newUuid() {
   const b = crypto.getRandomValues(new Uint8Array(16));
@@ -78,6 +77,7 @@ export function newUuid() {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
+/** An error in words a pupil understands. */
 export function words(err) {
   return PUPIL_WORDS[err.code] || err.message || "Something went wrong.";
 }
@@ -792,7 +792,7 @@ class App {
     for (const mode of Object.keys(MODEL_NAMES)) {
       const m = models[mode];
       if (!m) continue;
-      parts.push(`${MODEL_NAMES[mode]} ${m.version ?? "?"}`); // the title names them all
+      parts.push(`${MODEL_NAMES[mode]} ${m.version ?? "?"}`);
       if (Array.isArray(m.labels) && m.labels.join() !== this.labels[mode].join()) {
         this.labels[mode] = m.labels.map(String);
         if (mode === this.mode) this.buildKeypad();
