@@ -40,7 +40,14 @@ from hwrcore.web_body import read_json
 from hwrcore.web_errors import error_response
 
 from . import guard
-from .messages import Context, correction_counts, handle_message, pending_total
+from .messages import (
+    DISK_FULL,
+    LOW_DISK_BYTES,
+    Context,
+    correction_counts,
+    handle_message,
+    pending_total,
+)
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +204,11 @@ def healthz() -> Response:
 
 def public_health(reply: dict[str, Any]) -> dict[str, Any]:
     """A health answer as anyone may see it: no file paths (they hold the user's name), and
-    status "degraded" with the reasons while a store cannot write its snapshot or is closed."""
+    status "degraded" with the reasons while a store cannot write its snapshot or is closed, a
+    correction could not be stored for want of space, or little space is left."""
     if reply.get("type") != "health":
         return reply
-    reasons = list(reply.get("reasons", []))
+    reasons = []
     corrections = {}
     for mode, stats in (reply.get("corrections") or {}).items():
         stats = {k: v for k, v in stats.items() if k != "path"}
@@ -211,6 +219,15 @@ def public_health(reply: dict[str, Any]) -> dict[str, Any]:
         if stats.get("closed"):
             reasons.append(f"the {mode} store is closed")
         corrections[mode] = stats
+    space = reply.get("storage") or {}
+    free = space.get("free_bytes")
+    if space.get("full"):
+        reasons.append(f"corrections cannot be saved: {DISK_FULL}")
+    elif free is not None and free < LOW_DISK_BYTES:
+        reasons.append(
+            f"little storage left on this device ({free / 2**20:.1f} MiB free): corrections "
+            "stop being saved when it is full"
+        )
     out = {**reply, "corrections": corrections}
     if reasons:
         out["status"] = "degraded"

@@ -560,16 +560,7 @@ def storage(ctx: Context) -> dict[str, Any]:
 
 def health(ctx: Context) -> dict[str, Any]:
     """Model versions and labels, store state and pending corrections, as /healthz answers."""
-    reasons = []
-    space = storage(ctx)
-    if space["full"]:
-        reasons.append(f"corrections cannot be saved: {DISK_FULL}")
-    elif space["free_bytes"] is not None and space["free_bytes"] < LOW_DISK_BYTES:
-        reasons.append(
-            f"little storage left on this device ({space['free_bytes'] / 2**20:.1f} MiB free): "
-            "corrections stop being saved when it is full"
-        )
-    out = {
+    return {
         "status": "ok",
         "models": {
             mode: {**s.model.info, "labels": list(s.model.labels)} for mode, s in ctx.served.items()
@@ -582,11 +573,8 @@ def health(ctx: Context) -> dict[str, Any]:
         "tunnel": ctx.tunnel.status() if ctx.tunnel is not None else {"state": "off"},
         "viewers": ctx.viewers.count() if ctx.viewers is not None else 0,
         "uptime_s": round(time.monotonic() - ctx.started, 3),
-        "storage": space,
+        "storage": storage(ctx),
     }
-    if reasons:
-        out["reasons"] = reasons
-    return out
 
 
 def _plain(value: Any) -> Any:
