@@ -563,6 +563,7 @@ GEOMETRY = """() => {
         clipped: ['conn', 'pending', 'keypad-title', 'pred-hint', 'undo-save', 'models', 'sync',
                   'remote', 'correction', 'watching'].filter(id => {
             const e = document.getElementById(id);
+            if (id === 'remote' && e.dataset.state === 'open') return false; // a URL, in its title
             return e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight + 1; }),
         canvas: box(c), store: [c.width, c.height], dpr: devicePixelRatio,
         touchAction: getComputedStyle(c).touchAction,
@@ -593,7 +594,9 @@ def test_every_target_and_status_fits_on_one_screen(
                 """() => { hwrApp.showCorrection('error',
                     'Not saved: This device is full. Tell your teacher.');
                     document.getElementById('conn').textContent = 'Reconnecting in 5 s';
-                    hwrApp.showWatching(2); hwrApp.showRemote({state: 'failed', error: 'x'});
+                    hwrApp.showWatching(2); hwrApp.showRemote(hwrApp.mode === 'digit'
+                    ? {state: 'open', viewer_url: 'https://a-long-name.ngrok-free.app/viewer'}
+                    : {state: 'failed', error: 'x'});
                     hwrApp.showSync({state: 'offline', last_sync: Date.now() / 1000 - 86400 * 3});
                     hwrApp.showPending(1234);
                     hwrApp.offerUndo({id: 'x', kind: 'correction', mode: hwrApp.mode,
